@@ -1,0 +1,207 @@
+"""Training metrics: a JSON-lines writer (`<workdir>/metrics.jsonl`) and a progress-line logger.
+
+Each `MetricsWriter.write` appends one JSON object `{"step": ..., "wall_time": ..., <name>: <value>, ...}` and
+flushes it to the operating system, so a killed process loses nothing already written. A reopened writer
+appends (a resumed run continues the same file); steps after the restored checkpoint then appear twice, the
+later lines being those of the resumed run. Non-finite values are written as the strings "NaN", "Infinity" and
+"-Infinity" (strict JSON has no such numbers); `read_metrics` turns them back into floats.
+
+TensorBoard event files are not written: no TensorBoard writer that works without TensorFlow is installed
+(`flax.metrics.tensorboard` imports tensorflow; `clu` and `tensorboardX` are absent).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+from absl import logging
+
+METRICS_FILENAME = "metrics.jsonl"
+_RESERVED = ("step", "wall_time")
+_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+class MetricsWriter:
+    """Appends one JSON line of scalars per call to `<workdir>/metrics.jsonl` (both created if missing)."""
+
+    def __init__(self, workdir, *, filename: str = METRICS_FILENAME):
+        os.makedirs(workdir, exist_ok=True)
+        self.path = os.path.join(os.fspath(workdir), filename)
+        self._file = open(self.path, "a+", encoding="utf-8")
+        # A process killed in the middle of a write may have left a partial last line: start on a fresh line.
+        self._file.seek(0, os.SEEK_END)
+        if self._file.tell() > 0:
+            self._file.seek(self._file.tell() - 1)
+            if self._file.read(1) != "\n":
+                self._file.write("\n")
+                self._file.flush()
+
+    def write(self, step: int, scalars: Mapping[str, Any], *, wall_time: float | None = None) -> None:
+        """Appends {"step": step, "wall_time": wall_time or now, **scalars} as one line and flushes it.
+
+        Args:
+          step: training step (int).
+          scalars: name -> number (Python / numpy / jax scalar or size-1 array); names other than "step" and
+            "wall_time".
+          wall_time: seconds since the epoch; now if None.
+        """
+        if self._file.closed:
+            raise RuntimeError(f"the MetricsWriter of {self.path} is closed")
+        now = time.time() if wall_time is None else float(wall_time)
+        record = {"step": _as_int(step, "step"), "wall_time": now}
+        for name, value in scalars.items():
+            if not isinstance(name, str) or name in _RESERVED:
+                raise ValueError(f"metric name must be a string other than {_RESERVED}, got {name!r}")
+            record[name] = _as_json_number(value, name)
+        self._file.write(json.dumps(record, allow_nan=False) + "\n")
+        # flush (to the OS), not fsync: enough to survive a killed process, cheap enough for every step.
+        self._file.flush()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+    def __enter__(self) -> MetricsWriter:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def read_metrics(path) -> list[dict[str, Any]]:
+    """All records of a metrics.jsonl file, in file order; "NaN" / "Infinity" strings become floats.
+
+    A line that is not valid JSON (one cut short by a killed writer; a resumed writer then starts on a new
+    line, so such a line can sit in the middle of the file) is skipped with a warning naming it.
+    """
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            logging.warning(
+                "Skipping line %d of %s, not valid JSON (truncated by a kill?): %s", number, path, err
+            )
+            continue
+        records.append({k: _NON_FINITE.get(v, v) if isinstance(v, str) else v for k, v in record.items()})
+    return records
+
+
+class ProgressLogger:
+    """Formats and logs (absl, INFO) a progress line: step, steps/s, images/s, scalars and the ETA.
+
+    The rates are measured over the interval since the previous call (or since construction).
+
+    Args:
+      total_steps: the step at which training ends.
+      images_per_step: images per optimizer step (the global batch size).
+      start_step: the step at construction (the restored step on resume).
+      clock: seconds, monotonic (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        total_steps: int,
+        images_per_step: int,
+        *,
+        start_step: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.total_steps = _as_int(total_steps, "total_steps")
+        self.images_per_step = _as_int(images_per_step, "images_per_step")
+        if self.total_steps < 0 or self.images_per_step < 1:
+            raise ValueError(
+                f"total_steps must be >= 0 and images_per_step >= 1, got {total_steps} and {images_per_step}"
+            )
+        self._clock = clock
+        self._last_step = _as_int(start_step, "start_step")
+        self._last_time = clock()
+
+    def __call__(self, step: int, scalars: Mapping[str, Any] | None = None) -> str:
+        """Logs and returns the progress line for `step` (scalars: e.g. the loss parts, in nats)."""
+        step = _as_int(step, "step")
+        now = self._clock()
+        elapsed = now - self._last_time
+        # No rate without elapsed time or progress (first call at once, or a repeated step).
+        made = step - self._last_step
+        steps_per_sec = made / elapsed if elapsed > 0 and made > 0 else math.nan
+        self._last_step, self._last_time = step, now
+        line = format_progress(step, self.total_steps, steps_per_sec, self.images_per_step, scalars or {})
+        logging.info("%s", line)
+        return line
+
+
+def format_progress(
+    step: int, total_steps: int, steps_per_sec: float, images_per_step: int, scalars: Mapping[str, Any]
+) -> str:
+    """E.g. "step 1000/10000 (10.0%) | 5.00 steps/s | 640 images/s | loss 93.2 | ETA 30m 00s".
+
+    A NaN rate (unknown) prints as "? steps/s" and "ETA ?".
+    """
+    percent = 100.0 * step / total_steps if total_steps > 0 else 100.0
+    parts = [f"step {step}/{total_steps} ({percent:.1f}%)"]
+    if math.isfinite(steps_per_sec) and steps_per_sec > 0:
+        parts.append(f"{steps_per_sec:.2f} steps/s")
+        parts.append(f"{steps_per_sec * images_per_step:.0f} images/s")
+        eta = format_duration(max(total_steps - step, 0) / steps_per_sec)
+    else:
+        parts.append("? steps/s")
+        parts.append("? images/s")
+        eta = "?"
+    for name, value in scalars.items():
+        parts.append(f"{name} {float(np.asarray(value)):.4g}")
+    parts.append(f"ETA {eta}")
+    return " | ".join(parts)
+
+
+def format_duration(seconds: float) -> str:
+    """A duration in its two largest units: "42s", "3m 05s", "7h 47m", "2d 03h"; "?" if infinite or < 0."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    total = int(round(seconds))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours:02d}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def _as_int(value, name: str) -> int:
+    array = np.asarray(value)
+    if array.shape != () or not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"{name} must be an integer scalar, got {value!r}")
+    return int(array)
+
+
+def _as_json_number(value, name: str):
+    """A metric value as an int / float for JSON; non-finite floats as "NaN" / "Infinity" / "-Infinity"."""
+    array = np.asarray(value)
+    if array.size != 1:
+        raise ValueError(f"metric {name!r} must be a scalar, got shape {array.shape}")
+    if array.dtype.kind == "b":
+        return bool(array.reshape(()))
+    if array.dtype.kind in "iu":
+        return int(array.reshape(()))
+    if array.dtype.kind not in "fV":  # "V": ml_dtypes such as bfloat16
+        raise TypeError(f"metric {name!r} must be a real number, got dtype {array.dtype}")
+    number = float(array.reshape(()))
+    if math.isnan(number):
+        return "NaN"
+    if math.isinf(number):
+        return "Infinity" if number > 0 else "-Infinity"
+    return number
