@@ -152,15 +152,27 @@ class PixelCNNPP(nn.Module):
         self,
         down: DownPath,
         *,
+        cond_map: jax.Array | None = None,
         h: jax.Array | None = None,
         skip_extras: Sequence[jax.Array | None] | None = None,
         train: bool = False,
     ) -> jax.Array:
         """The second pass, resolution increasing; consumes every skip. Returns [B, H, W, out_channels].
 
+        cond_map: conditioning for the up path only, when the down path ran without one (PixelVAE++ keeps its
+        down path a function of x alone, since that path is the z3 encoder).
         skip_extras: None, or one entry per skip (aligned with `down.u_list`), each None or [B, H_k, W_k, D_k],
         concatenated to skip k (both streams) where the mirror block consumes it.
         """
+        cond_features = down.cond_features
+        if cond_map is not None:
+            if cond_features is not None:
+                raise ValueError("cond_map was given to both the down path and the up path; give it once")
+            if cond_map.shape[:3] != down.u_list[0].shape[:3]:
+                raise ValueError(
+                    f"cond_map must be [B, H, W, D] aligned with the image {down.u_list[0].shape[:3]}, got {cond_map.shape}"
+                )
+            cond_features = self._cond_features(cond_map)
         u_list, ul_list = list(down.u_list), list(down.ul_list)
         if len(u_list) != self.num_skips or len(ul_list) != self.num_skips:
             raise ValueError(
@@ -192,7 +204,7 @@ class PixelCNNPP(nn.Module):
             if stage > 0:
                 u = self.up_u_resample[stage - 1](u)
                 ul = self.up_ul_resample[stage - 1](ul)
-            cond = None if down.cond_features is None else down.cond_features[NUM_STAGES - 1 - stage]
+            cond = None if cond_features is None else cond_features[NUM_STAGES - 1 - stage]
             for _ in range(self.nr_resnet if stage == 0 else self.nr_resnet + 1):
                 u_skip, ul_skip = pop()
                 u = self.up_u[i](u, a=u_skip, h=h, cond_map=cond, train=train)
