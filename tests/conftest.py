@@ -6,9 +6,12 @@ import pathlib
 import jax
 import pytest
 
+# Eight CPU devices for the whole session (the device count is process-wide and fixed when the backend starts):
+# multi-device tests pmap over them; single-device code runs on device 0 at the same speed.
+jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 # Compilations are cached across runs of the suite (keyed by the HLO), so a second run is fast.
-_CACHE = pathlib.Path(__file__).resolve().parent.parent / ".jax_cache"
+_CACHE = pathlib.Path(os.environ.get("PVPP_TEST_JAX_CACHE", pathlib.Path.home() / ".cache" / "pvpp" / "jax-tests"))
 jax.config.update("jax_compilation_cache_dir", str(_CACHE))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
