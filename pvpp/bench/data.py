@@ -9,10 +9,7 @@ stdout) and prints a summary.
 """
 
 import argparse
-import json
-import os
 import pathlib
-import platform
 import statistics
 import sys
 import tempfile
@@ -21,6 +18,7 @@ import time
 import numpy as np
 
 from pvpp import data
+from pvpp.bench.common import machine_info, write_result
 
 _DATASETS = ("mnist", "cifar10")
 _BATCH_SIZES = {"mnist": 128, "cifar10": 64}
@@ -41,19 +39,11 @@ def main(argv: list[str] | None = None) -> dict:
         prepared_dir = pathlib.Path(args.prepared_dir or scratch)
         result = {
             "benchmark": "pvpp.bench.data",
-            "machine": {
-                "processor": platform.processor() or platform.machine(),
-                "cpu_count": os.cpu_count(),
-                "python": platform.python_version(),
-            },
+            "machine": machine_info(),
             "prepared_dir": str(prepared_dir) if args.prepared_dir else "(temporary)",
             "datasets": {name: _bench_dataset(name, args, prepared_dir) for name in _DATASETS},
         }
-    text = json.dumps(result, indent=2)
-    if args.output:
-        pathlib.Path(args.output).write_text(text + "\n")
-    else:
-        print(text)
+    write_result(result, args.output)
     _summary(result)
     return result
 

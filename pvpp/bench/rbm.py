@@ -16,9 +16,6 @@ Writes one JSON document (to --output, or stdout) and prints a readable summary 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 
@@ -26,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pvpp.bench.common import machine_info, write_result
 from pvpp.priors import rbm
 
 _NUM_CHAINS = 1000
@@ -50,26 +48,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     result = {
         "benchmark": "pvpp.bench.rbm",
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpu_count": os.cpu_count(),
-            "jax_backend": jax.default_backend(),
-            "jax_devices": [str(d) for d in jax.devices()],
-            "jax_version": jax.__version__,
-            "numpy_version": np.__version__,
-        },
+        "machine": machine_info(),
         "matmul_peak": peak,
         "gibbs": gibbs,
         "ais": ais_runs,
     }
-    text = json.dumps(result, indent=2)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text + "\n")
-        _log(f"wrote {args.output}")
-    else:
-        print(text)
+    write_result(result, args.output)
     return result
 
 
