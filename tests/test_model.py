@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import random_variables
 from pvpp import objectives, relax
 from pvpp.model import ModelConfig, ModelOutput, PixelVAEPP, rbm_params, split_rbm_sides
 from pvpp.priors import rbm
@@ -24,14 +25,11 @@ def _binary_images(key, n, shape=(8, 8, 1)):
 
 @functools.lru_cache(maxsize=None)
 def _random_model(config=TINY):
-    """Model, variables with every parameter perturbed away from its initial value, and a batch."""
+    """Model, random variables (no weight at its initial value) and a batch."""
     model = PixelVAEPP(config)
     x = _binary_images(jax.random.key(0), 4, config.image_shape)
-    variables = jax.jit(lambda x: model.init(jax.random.key(1), x, jax.random.key(2)))(x)
-    leaves, treedef = jax.tree.flatten(variables)
-    keys = jax.random.split(jax.random.key(3), len(leaves))
-    leaves = [p + 0.1 * jnp.std(p) * jax.random.normal(k, p.shape) + 0.01 for p, k in zip(leaves, keys)]
-    return model, jax.tree.unflatten(treedef, leaves), x
+    variables = random_variables(lambda x: model.init(jax.random.key(1), x, jax.random.key(2)), x)
+    return model, variables, x
 
 
 def test_config_counts_the_latent_groups_and_validates():

@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from helpers import fast_init_key
 from pvpp import data, objectives
 from pvpp.optim import kl_weight
 from pvpp.model import ModelConfig, PixelVAEPP, rbm_params, to_model_space
@@ -40,7 +41,7 @@ def _train(prior, data_dir):
     train, _ = _caltech(data_dir)
     images = to_model_space(config, jnp.asarray(train))
     model = PixelVAEPP(config)
-    variables = jax.jit(lambda x: model.init(jax.random.key(0), x, jax.random.key(1)))(images[:32])
+    variables = jax.jit(lambda x: model.init(fast_init_key(0), x, jax.random.key(1)))(images[:32])
     params = variables["params"]
     optimizer = optax.adam(2e-3, b1=0.95, b2=0.9995)
     chains = rbm.init_chains(rbm_params(params), jax.random.key(2), 64) if prior == "rbm" else None

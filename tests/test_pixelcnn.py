@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from helpers import fast_init_key, random_variables
 from pvpp import likelihoods
 from pvpp.nn.weightnorm import WNConv, WNConvTranspose, WNDense
 from pvpp.pixelcnn import PixelCNNPP
@@ -26,19 +27,16 @@ def _model(downsample, out_channels=4):
 
 @functools.lru_cache(maxsize=None)
 def _trained_like(name, with_cond=False):
-    """Model, random (not freshly initialised) variables, a random input and conditioning kwargs."""
+    """Model, random variables, a random input and conditioning kwargs."""
     shape, downsample = CONFIGS[name]
     model = _model(downsample)
     x = jax.random.uniform(jax.random.key(0), shape, minval=-1.0, maxval=1.0)
     kwargs = {}
     if with_cond:
         kwargs = dict(cond_map=jax.random.normal(jax.random.key(5), shape[:3] + (2,)), h=jnp.ones((1, 3)))
-    variables = jax.jit(lambda x, kw: model.init(jax.random.key(1), x, **kw))(x, kwargs)
-    leaves, treedef = jax.tree.flatten(variables)
-    keys = jax.random.split(jax.random.key(2), len(leaves))
-    # Perturb every parameter so no weight is at its (possibly structured) initial value.
-    leaves = [p + 0.2 * jnp.std(p) * jax.random.normal(k, p.shape) + 0.01 for p, k in zip(leaves, keys)]
-    return model, jax.tree.unflatten(treedef, leaves), x, kwargs
+    # Random weights everywhere (no weight at a structured initial value), without compiling init.
+    variables = random_variables(lambda x, kw: model.init(jax.random.key(1), x, **kw), x, kwargs)
+    return model, variables, x, kwargs
 
 
 @functools.partial(jax.jit, static_argnames=("model", "positions"))
@@ -118,7 +116,7 @@ def test_skip_extras_reach_the_output_without_breaking_causality():
     x = jax.random.uniform(jax.random.key(0), (1, 8, 8, 1), minval=-1, maxval=1)
     shapes = [(1, 8, 8, 2)] * 2 + [(1, 4, 4, 2)] * 2 + [(1, 2, 2, 2)] * 2
     extras = [jax.random.normal(jax.random.key(10 + k), s) for k, s in enumerate(shapes)]
-    variables = jax.jit(lambda x, e: model.init(jax.random.key(1), x, skip_extras=e))(x, extras)
+    variables = random_variables(lambda x, e: model.init(jax.random.key(1), x, skip_extras=e), x, extras)
 
     @jax.jit
     def out_and_grads(x, extras):
@@ -136,7 +134,7 @@ def test_data_dependent_init_normalises_every_layer():
     model = PixelCNNPP(nr_resnet=1, nr_filters=8, out_channels=3, dropout_rate=0.5, downsample=True)
     x = jax.random.uniform(jax.random.key(0), (8, 8, 8, 1), minval=-1, maxval=1)
     cond = jax.random.normal(jax.random.key(1), (8, 8, 8, 2))
-    variables = jax.jit(lambda x, c: model.init(jax.random.key(2), x, cond_map=c))(x, cond)
+    variables = jax.jit(lambda x, c: model.init(fast_init_key(2), x, cond_map=c))(x, cond)
 
     def is_weight_normed(module, method_name):
         return isinstance(module, (WNDense, WNConv, WNConvTranspose)) and method_name == "__call__"
@@ -168,7 +166,7 @@ def test_loss_falls_on_a_tiny_binary_data_set():
     columns = rng.uniform(size=(256, 1, 8, 1)) < 0.5
     data = jnp.asarray(np.broadcast_to(columns, (256, 8, 8, 1)), jnp.float32)
     model = PixelCNNPP(nr_resnet=1, nr_filters=16, out_channels=1, dropout_rate=0.0, downsample=False)
-    params = jax.jit(model.init)(jax.random.key(0), data[:8] * 2 - 1)
+    params = jax.jit(model.init)(fast_init_key(0), data[:8] * 2 - 1)
     optimizer = optax.adam(3e-3)
 
     def loss_fn(params, batch):
