@@ -1,4 +1,10 @@
-"""Generation: autoregressive sampling of a PixelCNN-style decoder; energy-distance sorting of sample grids.
+"""Generation: autoregressive sampling of a PixelCNN-style decoder; PixelVAE++ prior samples and reconstructions;
+energy-distance sorting of sample grids; the figures.
+
+Model level (section "Model-level generation" below; `python -m pvpp.experiments.sample` drives it):
+`generate_from_prior` (Figures 5-7: RBM latents by block Gibbs, N(0, I) for the Gaussian prior, each decoded
+several times), `reconstruct` (Figures 2-4: one hard z ~ q(z | x) per test image, decoded several times),
+`save_figures` (PNG grids, rows also sorted by energy distance as in Figures 4 and 7, and the arrays as .npz).
 
 Sampling. `autoregressive_sample(decode, key, shape, likelihood, *decode_args)` draws x [B, H, W, C] in model
 space ([-1, 1]; binary images as -1 / +1) from a decoder that is autoregressive in raster order: output (i, j)
@@ -34,15 +40,20 @@ last placed one, ties to the lower index. Neighbouring rows therefore hold simil
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import operator
-from typing import Any, Callable
+import os
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pvpp import likelihoods
+from pvpp import likelihoods, relax
+from pvpp.model import ModelConfig, PixelVAEPP, rbm_params
+from pvpp.priors import bernoulli as bernoulli_prior
+from pvpp.priors import gaussian, rbm
 
 LIKELIHOODS = ("bernoulli", "logistic_mixture")
 
@@ -255,3 +266,231 @@ def _check_decoder_output(out_shape: tuple[int, ...], shape: tuple[int, ...], li
                 f"'logistic_mixture' needs K = (1 + 3C) * nr_mix = {1 + 3 * channels} * nr_mix outputs per "
                 f"pixel for C = {channels}, decode gives K = {width}"
             )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Model-level generation (PixelVAE++): prior samples, reconstructions, figures
+#
+# Figures 5-7 of the paper: latents z from the prior (RBM: block Gibbs from uniformly random states,
+# `num_gibbs_sweeps` sweeps per independent chain; Gaussian: N(0, I); factorial Bernoulli: exact), each decoded
+# S times autoregressively, one row per latent. Figures 2-4: for test images x, one hard sample z ~ q(z | x)
+# (Gaussian prior: one posterior sample), decoded S times; the row starts with x itself. Figures 4 and 7: the
+# same rows reordered by `sort_by_energy_distance`. Prior 'none' (plain PixelCNN++) has no latents: its
+# "latents" are [N, 0] and the rows are plain samples; it has no reconstructions.
+#
+# Decoding: `model_decoder(config)` is the `decode(x, variables, z)` handed to `autoregressive_sample`; it is
+# built once per configuration (cached), so every call with the same configuration and batch shape reuses
+# one compiled sampler. The down path depends on x and reruns for every pixel. The N * S images are decoded
+# `batch_size` at a time (the last batch padded with copies of its last latent); decode batch b uses the key
+# fold_in(key, b), so the images depend on batch_size (recorded with them).
+
+GENERATION_STREAMS = {"prior_latents": 0, "prior_decode": 1, "posterior_latents": 2, "reconstruction_decode": 3}
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+    """Settings of `python -m pvpp.experiments.sample`; the defaults here are its flag defaults.
+
+    num_latents: prior latents (rows of the prior-sample figures). decodes_per_latent: decodes of each (columns).
+    num_reconstructions: test images to reconstruct; decodes_per_image: decodes of each one's latent.
+    num_gibbs_sweeps: block-Gibbs sweeps of each RBM chain before its state is used. batch_size: images decoded
+    at once. split: where the reconstructed images come from. seed: root of every random stream (and of the
+    fixed binarization / choice of the test images, as in `pvpp.evaluate`). upscale: PNG pixels per image pixel.
+    """
+
+    num_latents: int = 8
+    decodes_per_latent: int = 8
+    num_reconstructions: int = 8
+    decodes_per_image: int = 8
+    num_gibbs_sweeps: int = 50000
+    batch_size: int = 32
+    split: str = "test"
+    seed: int = 0
+    upscale: int = 2
+
+    def __post_init__(self):
+        for name, minimum in (
+            ("num_latents", 1), ("decodes_per_latent", 1), ("num_reconstructions", 0), ("decodes_per_image", 1),
+            ("num_gibbs_sweeps", 1), ("batch_size", 1), ("seed", 0), ("upscale", 1),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+            if value < minimum:
+                raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+    def replace(self, **changes) -> "SampleConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def model_decoder(config: ModelConfig) -> Callable[..., jax.Array]:
+    """`decode(x, variables, z)` -> PixelVAEPP.decode outputs [B, H, W, out_channels] (dropout off).
+
+    The same function object for equal configurations (dropout aside), so the sampler compiles once.
+    """
+    return _model_decoder(config.replace(dropout_rate=0.0))
+
+
+@functools.lru_cache(maxsize=None)
+def _model_decoder(config: ModelConfig) -> Callable[..., jax.Array]:
+    model = PixelVAEPP(config)
+
+    def decode(x, variables, z):
+        return model.apply(variables, x, z, method=PixelVAEPP.decode)
+
+    return decode
+
+
+def prior_latents(config: ModelConfig, params: Any, key: jax.Array, num: int, *, num_gibbs_sweeps: int) -> jax.Array:
+    """num latent vectors [num, K] from the prior ('params' collection of a PixelVAEPP).
+
+    RBM: `num` independent block-Gibbs chains from uniformly random states, `num_gibbs_sweeps` sweeps each;
+    z = [z_left, z_right] in {0, 1}. Gaussian: N(0, I). Factorial Bernoulli: exact samples. 'none': [num, 0].
+    """
+    if config.prior == "rbm":
+        z_left, z_right = rbm.sample(rbm_params(params), key, num, num_gibbs_sweeps)
+        return jnp.concatenate([z_left, z_right], axis=-1)
+    if config.prior == "gaussian":
+        return gaussian.sample(key, config.num_latents, (num,))
+    if config.prior == "bernoulli":
+        return bernoulli_prior.sample(key, params["bernoulli_prior"]["logits"], (num,))
+    return jnp.zeros((num, 0), jnp.float32)
+
+
+def posterior_latents(config: ModelConfig, variables: Any, x: jax.Array, key: jax.Array) -> jax.Array:
+    """One latent per image from q(z | x): x [N, H, W, C] model space -> [N, K].
+
+    Binary latents: a hard Bernoulli sample (not the relaxation). Gaussian: z = mean + sigma * eps. 'none': [N, 0].
+    """
+    posterior = _encode(config.replace(dropout_rate=0.0), variables, x)
+    if config.prior == "none":
+        return posterior
+    if config.prior == "gaussian":
+        mean, log_scale = jnp.split(posterior, 2, axis=-1)
+        return gaussian.posterior_sample(key, mean, log_scale)
+    return relax.bernoulli_sample(key, posterior)
+
+
+def decode_latents(
+    config: ModelConfig, variables: Any, z: jax.Array, key: jax.Array, *, decodes_per_latent: int, batch_size: int
+) -> jax.Array:
+    """Decodes every latent S = decodes_per_latent times: z [N, K] -> images [N, S, H, W, C] in model space."""
+    num = z.shape[0]
+    if z.ndim != 2 or z.shape[1] != config.num_latents:
+        raise ValueError(f"z must be [N, {config.num_latents}], got {z.shape}")
+    total = num * decodes_per_latent
+    repeated = jnp.repeat(z, decodes_per_latent, axis=0)  # [N * S, K], latent n at rows n*S .. n*S + S-1
+    batch = min(batch_size, total)
+    decode = model_decoder(config)
+    shape = (batch,) + config.image_shape
+    outputs = []
+    for b, start in enumerate(range(0, total, batch)):
+        rows = np.arange(start, start + batch).clip(max=total - 1)  # pad the last batch with its last latent
+        outputs.append(
+            autoregressive_sample(decode, jax.random.fold_in(key, b), shape, config.likelihood, variables, repeated[rows])
+        )
+    images = jnp.concatenate(outputs)[:total]
+    return images.reshape((num, decodes_per_latent) + config.image_shape)
+
+
+def generate_from_prior(
+    config: ModelConfig, params: Any, key: jax.Array, sample_config: SampleConfig
+) -> dict[str, np.ndarray]:
+    """Prior samples (Figures 5-7): {'latents' [R, K], 'images' [R, S, H, W, C] model space, 'order' [R]}.
+
+    'order' is the energy-distance row order (`sort_by_energy_distance`); images[order] is the sorted figure.
+    """
+    z = prior_latents(
+        config, params, jax.random.fold_in(key, GENERATION_STREAMS["prior_latents"]), sample_config.num_latents,
+        num_gibbs_sweeps=sample_config.num_gibbs_sweeps,
+    )
+    images = decode_latents(
+        config, {"params": params}, z, jax.random.fold_in(key, GENERATION_STREAMS["prior_decode"]),
+        decodes_per_latent=sample_config.decodes_per_latent, batch_size=sample_config.batch_size,
+    )
+    _, order = sort_by_energy_distance(images)
+    return {"latents": np.asarray(z), "images": np.asarray(images), "order": order}
+
+
+def reconstruct(
+    config: ModelConfig, params: Any, x: jax.Array, key: jax.Array, sample_config: SampleConfig
+) -> dict[str, np.ndarray]:
+    """Reconstructions (Figures 2-4) of x [N, H, W, C] (model space): {'latents' [N, K], 'images' [N, S, H, W, C],
+    'order' [N]}: one z ~ q(z | x) per image, decoded S = decodes_per_image times."""
+    if config.prior == "none":
+        raise ValueError("prior 'none' (plain PixelCNN++) has no latents to reconstruct from")
+    variables = {"params": params}
+    z = posterior_latents(config, variables, x, jax.random.fold_in(key, GENERATION_STREAMS["posterior_latents"]))
+    images = decode_latents(
+        config, variables, z, jax.random.fold_in(key, GENERATION_STREAMS["reconstruction_decode"]),
+        decodes_per_latent=sample_config.decodes_per_image, batch_size=sample_config.batch_size,
+    )
+    _, order = sort_by_energy_distance(images)
+    return {"latents": np.asarray(z), "images": np.asarray(images), "order": order}
+
+
+def to_data_space(config: ModelConfig, x) -> np.ndarray:
+    """Model-space images ([-1, 1]) -> uint8 data space: {0, 1} for the Bernoulli likelihood, 0..255 for RGB."""
+    x = jnp.asarray(x)
+    if config.likelihood == "bernoulli":
+        return np.asarray(x > 0, np.uint8)
+    return np.asarray(likelihoods.to_uint8(x))
+
+
+def save_figures(
+    output_dir, config: ModelConfig, *, prior: Mapping[str, np.ndarray] | None = None,
+    reconstructions: Mapping[str, np.ndarray] | None = None, inputs: np.ndarray | None = None,
+    upscale: int = 2, extra_arrays: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, str]:
+    """Writes the PNG grids and one `samples.npz`; returns {name: path}.
+
+    prior_samples.png: R rows (latents) x S columns (decodes). prior_samples_sorted.png: the rows in energy-
+    distance order. reconstructions.png: N rows, the input image then its S decodes; reconstructions_sorted.png:
+    rows reordered. samples.npz: prior_latents, prior_images (uint8 data space [R, S, H, W, C]), prior_order,
+    reconstruction_latents, reconstruction_inputs [N, H, W, C], reconstruction_images, reconstruction_order,
+    plus `extra_arrays`. Binary images are drawn white (1) on black (0).
+    """
+    from pvpp import images as image_io
+
+    output_dir = os.fspath(output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    paths: dict[str, str] = {}
+    arrays: dict[str, np.ndarray] = dict(extra_arrays or {})
+    value_range = (0, 1) if config.likelihood == "bernoulli" else (0, 255)
+    if prior is not None:
+        pixels = to_data_space(config, prior["images"])  # [R, S, H, W, C]
+        for name, rows in (("prior_samples", pixels), ("prior_samples_sorted", pixels[prior["order"]])):
+            paths[name] = os.path.join(output_dir, f"{name}.png")
+            image_io.save_grid(paths[name], _flatten_rows(rows), rows.shape[1], upscale=upscale, value_range=value_range)
+        arrays.update(prior_latents=prior["latents"], prior_images=pixels, prior_order=prior["order"])
+    if reconstructions is not None:
+        if inputs is None:
+            raise ValueError("reconstructions need their inputs (uint8 data space [N, H, W, C])")
+        pixels = to_data_space(config, reconstructions["images"])  # [N, S, H, W, C]
+        inputs = np.asarray(inputs, np.uint8)
+        rows = np.concatenate([inputs[:, None], pixels], axis=1)  # [N, 1 + S, H, W, C]
+        order = reconstructions["order"]
+        for name, grid_rows in (("reconstructions", rows), ("reconstructions_sorted", rows[order])):
+            paths[name] = os.path.join(output_dir, f"{name}.png")
+            image_io.save_grid(
+                paths[name], _flatten_rows(grid_rows), grid_rows.shape[1], upscale=upscale, value_range=value_range
+            )
+        arrays.update(
+            reconstruction_latents=reconstructions["latents"], reconstruction_inputs=inputs,
+            reconstruction_images=pixels, reconstruction_order=order,
+        )
+    paths["arrays"] = image_io.save_arrays(os.path.join(output_dir, "samples.npz"), **arrays)
+    return paths
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _encode(config: ModelConfig, variables: Any, x: jax.Array) -> jax.Array:
+    return PixelVAEPP(config).apply(variables, x, method=PixelVAEPP.encode)
+
+
+def _flatten_rows(rows: np.ndarray) -> np.ndarray:
+    """[R, S, H, W, C] -> [R * S, H, W, C] (row-major: a grid with S columns shows one row per r)."""
+    return rows.reshape((-1,) + rows.shape[2:])

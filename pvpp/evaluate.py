@@ -1,0 +1,622 @@
+"""Test-set evaluation (DESIGN.md sections 6-7): importance-weighted log-likelihood, log Z, KL, in nats or bits/dim.
+
+For every test image x, with k hard samples z_j ~ q(z | x) (Burda et al. 2016):
+
+    log p(x) ~ logsumexp_j [log p(x | z_j) + log p~(z_j) - log q(z_j | x)] - log k - log Z,
+
+log p~(z) = -E(z) for the RBM (log Z = 0 and log p~ = log p for the Gaussian and factorial Bernoulli priors;
+prior 'none' is plain PixelCNN++, whose log-likelihood is exact). Units: nats per image; RGB data also in bits
+per dimension, nll / (H * W * C * ln 2).
+
+Order of work (`evaluate`):
+1. log Z of the RBM prior: AIS with the evaluation effort (`EvalConfig.ais_*`; 10x the periodic training
+   estimate, e.g. 10000 temperatures) or exact enumeration (small RBMs). AIS gives an interval
+   [lower, upper] = log Z_0 + log(mean(w) -/+ 3 std(w) / sqrt(M)) over its M chains.
+2. The importance-weighted pass over the test images (`importance_weighted_pass`), jit-compiled once for the
+   batch shape, `chunk_size` latent samples decoded at a time so memory stays bounded (batch_size *
+   chunk_size decoder passes in flight). It computes everything except log Z: the per-image estimate of
+   log p~(x) = log p(x) + log Z ("unnormalized").
+3. log Z is subtracted. Because every image's LL is log p~(x) - log Z, the log Z interval maps one-to-one to
+   an LL interval: LL in [log p~(x) - upper, log p~(x) - lower]. The interval states the AIS estimator's
+   spread only: it cannot see modes that AIS missed, and an underestimated log Z overestimates the LL.
+
+Randomness. One root key `jax.random.key(seed)`, split by `fold_in` into the named streams 'iwae' and 'ais'.
+Image number i of the split (its index in the split, not in the batch) uses fold_in(iwae_stream, i), so its
+estimate does not depend on the batch size or on which other images are evaluated: a subset run reproduces the
+full run's numbers for its images (up to the float rounding of batched convolutions). The fixed random subset (`num_examples`) is drawn with numpy from
+SeedSequence(seed, spawn_key=(SUBSET_STREAM,)).
+
+Binarization. Binary data sets that the paper binarizes dynamically (mnist, omniglot) are evaluated on ONE
+fixed binarization of the test split: image i is `pvpp.data.binarize_dynamically(x_i, i, seed=seed, epoch=0)`,
+a Bernoulli(x / 255) draw that depends only on (seed, i). Statically binarized sets (binarized_mnist,
+caltech101_silhouettes) and RGB (cifar10) are used as stored.
+
+Parameters: the EMA (Polyak) parameters of a training run, or an exported parameter set; dropout is off
+(every PixelVAEPP method runs with train=False).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import time
+from typing import Any, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from pvpp import checkpoint, objectives
+from pvpp.model import ModelConfig, PixelVAEPP, rbm_params, to_model_space
+from pvpp.priors import ais as ais_lib
+from pvpp.priors import rbm
+
+LOG_PARTITION_METHODS = ("ais", "exact")
+KEY_STREAMS = {"iwae": 0, "ais": 1}
+SUBSET_STREAM = 2  # numpy spawn key of the subset draw (pvpp.data.binarize uses 0 and 1 for its streams)
+#: Per-image quantities of the importance-weighted pass (all nats, [N]).
+PER_IMAGE = ("log_likelihood_unnormalized", "elbo_unnormalized", "reconstruction", "kl_unnormalized")
+
+INTERVAL_MEANING = (
+    "log_partition.lower/upper = log Z_0 + log(mean(w) -/+ 3 std(w)/sqrt(M)) over the M AIS chains: the spread of "
+    "the AIS estimator only (it cannot see modes AIS missed). Every LL is log p~(x) - log Z, so the log-likelihood "
+    "interval is [mean log p~(x) - upper, mean log p~(x) - lower] (the NLL interval is its negation); an "
+    "underestimated log Z overestimates the log-likelihood."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Settings of one evaluation. The defaults here are the flag defaults of `python -m pvpp.experiments.evaluate`.
+
+    split: data split ('test', 'validation', 'train', 'train+validation').
+    num_importance_samples: k, hard latent samples per image (the paper: 1000).
+    chunk_size: samples decoded at once per image; must divide k. batch_size: images per compiled batch.
+    num_examples: evaluate a fixed random subset of this many images of the split (None: all of it).
+    seed: root of every random stream (latent samples, AIS, subset, the fixed binarization).
+    log_partition: 'ais' or 'exact' (enumeration; the RBM's smaller side must have <= 24 units).
+    ais_num_chains, ais_num_betas, ais_sweeps_per_beta, ais_schedule: the AIS effort (see pvpp.priors.ais).
+    """
+
+    split: str = "test"
+    num_importance_samples: int = 1000
+    chunk_size: int = 100
+    batch_size: int = 4
+    num_examples: int | None = None
+    seed: int = 0
+    log_partition: str = "ais"
+    ais_num_chains: int = 1000
+    ais_num_betas: int = 10000
+    ais_sweeps_per_beta: int = 1
+    ais_schedule: str = "linear"
+
+    def __post_init__(self):
+        from pvpp.data import SPLITS  # deferred: importing the data package pulls in tensorflow_datasets
+
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
+        for name, minimum in (
+            ("num_importance_samples", 1), ("chunk_size", 1), ("batch_size", 1), ("seed", 0),
+            ("ais_num_chains", 1), ("ais_num_betas", 2), ("ais_sweeps_per_beta", 0),
+        ):
+            _check_int(getattr(self, name), name, minimum)
+        if self.num_importance_samples % self.chunk_size:
+            raise ValueError(
+                f"chunk_size ({self.chunk_size}) must divide num_importance_samples ({self.num_importance_samples})"
+            )
+        if self.num_examples is not None:
+            _check_int(self.num_examples, "num_examples", 1)
+        if self.log_partition not in LOG_PARTITION_METHODS:
+            raise ValueError(f"log_partition must be one of {LOG_PARTITION_METHODS}, got {self.log_partition!r}")
+        if self.ais_schedule not in ais_lib.SCHEDULES:
+            raise ValueError(f"ais_schedule must be one of {ais_lib.SCHEDULES}, got {self.ais_schedule!r}")
+
+    def replace(self, **changes) -> "EvalConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class LogPartition(NamedTuple):
+    """log Z of the RBM prior (nats): the estimate and its interval (equal to it for exact enumeration)."""
+
+    method: str
+    estimate: float
+    lower: float
+    upper: float
+    effective_sample_size: float | None
+
+
+class Evaluation(NamedTuple):
+    """`evaluate`'s outcome: `summary` (JSON-ready dict) and `per_image` ([N] numpy arrays, see `per_image_arrays`)."""
+
+    summary: dict[str, Any]
+    per_image: dict[str, np.ndarray]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Driver
+
+
+def evaluate(
+    model_config: ModelConfig,
+    params: Any,
+    images: np.ndarray,
+    example_indices: np.ndarray,
+    config: EvalConfig,
+    *,
+    progress: bool = False,
+) -> Evaluation:
+    """Evaluates `params` ('params' collection, e.g. the EMA parameters) on data-space images.
+
+    images: [N, H, W, C] uint8: {0, 1} for the Bernoulli likelihood (already binarized, see `evaluation_images`),
+        0..255 for the logistic mixture. example_indices: [N] each image's index in its split (its key stream).
+    Returns the summary (means in nats and, for RGB, bits/dim; log Z and its interval; LL interval) and the
+    per-image arrays. Raises ValueError for images that do not fit the model, before any long work.
+    """
+    _check_images(model_config, images, example_indices)
+    check_log_partition_method(model_config, config.log_partition)
+    root = jax.random.key(config.seed)
+    start = time.perf_counter()
+    log_z = estimate_log_partition(model_config, params, config, jax.random.fold_in(root, KEY_STREAMS["ais"]))
+    if log_z is not None:
+        logging.info(
+            "log Z (%s) = %.4f in [%.4f, %.4f] (%.1f s)", log_z.method, log_z.estimate, log_z.lower, log_z.upper,
+            time.perf_counter() - start,
+        )
+    unnormalized = importance_weighted_pass(
+        model_config, params, images, example_indices, jax.random.fold_in(root, KEY_STREAMS["iwae"]),
+        num_samples=config.num_importance_samples, chunk_size=config.chunk_size, batch_size=config.batch_size,
+        progress=progress,
+    )
+    per_image = per_image_arrays(unnormalized, log_z, example_indices)
+    return Evaluation(summarize(model_config, per_image, log_z), per_image)
+
+
+def evaluate_split(
+    model_config: ModelConfig,
+    params: Any,
+    dataset: str,
+    config: EvalConfig,
+    *,
+    data_dir=None,
+    variant: str | None = None,
+    validation_size: int | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    progress: bool = False,
+) -> Evaluation:
+    """Loads `config.split` of `dataset`, picks the images (`select_examples`), binarizes them (`evaluation_images`)
+    and runs `evaluate`. data_dir, variant, validation_size: as `pvpp.data.load` (data_dir None: env PVPP_DATA_DIR).
+    The summary also records the data set, the binarization, `parameters` (where they came from), the model
+    configuration and the settings, so that the JSON says how every number was produced."""
+    split_data = load_split(dataset, config.split, data_dir=data_dir, variant=variant, validation_size=validation_size)
+    if tuple(split_data.images.shape[1:]) != model_config.image_shape:
+        raise ValueError(
+            f"{dataset} images are {tuple(split_data.images.shape[1:])} but the model expects {model_config.image_shape}"
+        )
+    indices = select_examples(len(split_data), config.num_examples, config.seed)
+    images, binarization = evaluation_images(split_data, indices, config.seed)
+    result = evaluate(model_config, params, images, indices, config, progress=progress)
+    summary = {
+        "dataset": dataset,
+        "split": config.split,
+        **result.summary,
+        "split_size": len(split_data),
+        "example_selection": "all" if config.num_examples is None else (
+            f"fixed random subset of {config.num_examples}: evaluate.select_examples(..., seed={config.seed})"
+        ),
+        "binarization": binarization,
+        "data_note": split_data.note,
+        "parameters": dict(parameters or {}),
+        "settings": config.to_dict(),
+        "model": model_config.to_dict(),
+    }
+    return Evaluation(summary, result.per_image)
+
+
+def estimate_log_partition(
+    model_config: ModelConfig, params: Any, config: EvalConfig, key: jax.Array
+) -> LogPartition | None:
+    """log Z of the RBM prior by `config.log_partition` ('ais' or 'exact'); None for the other priors (normalized)."""
+    if model_config.prior != "rbm":
+        return None
+    check_log_partition_method(model_config, config.log_partition)
+    prior = rbm_params(params)
+    if config.log_partition == "exact":
+        value = float(rbm.exact_log_partition(prior))
+        return LogPartition("exact", value, value, value, None)
+    result = rbm.ais_log_partition(
+        prior, key, num_chains=config.ais_num_chains, num_betas=config.ais_num_betas,
+        sweeps_per_beta=config.ais_sweeps_per_beta, schedule=config.ais_schedule,
+    )
+    return LogPartition(
+        "ais", float(result.log_partition), float(result.log_partition_lower), float(result.log_partition_upper),
+        float(result.effective_sample_size),
+    )
+
+
+def check_log_partition_method(model_config: ModelConfig, method: str) -> None:
+    """ValueError unless `method` can run on this model (exact enumeration needs a small RBM side)."""
+    if method not in LOG_PARTITION_METHODS:
+        raise ValueError(f"log_partition must be one of {LOG_PARTITION_METHODS}, got {method!r}")
+    if method == "exact" and model_config.prior == "rbm":
+        smaller = min(model_config.rbm_num_left, model_config.num_latents - model_config.rbm_num_left)
+        if smaller > rbm.MAX_ENUMERATED_UNITS:
+            raise ValueError(
+                f"log_partition='exact' enumerates 2^n states of the RBM's smaller side; it has n = {smaller} "
+                f"units (max {rbm.MAX_ENUMERATED_UNITS}): use log_partition='ais'"
+            )
+
+
+def importance_weighted_pass(
+    model_config: ModelConfig,
+    params: Any,
+    images: np.ndarray,
+    example_indices: np.ndarray,
+    key: jax.Array,
+    *,
+    num_samples: int,
+    chunk_size: int,
+    batch_size: int,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """Per-image IWAE quantities without log Z, each [N] float64 numpy, nats (keys: `PER_IMAGE`).
+
+    'log_likelihood_unnormalized' = log p(x) + log Z (the k-sample IWAE estimate), 'elbo_unnormalized' = the
+    k = 1 bound averaged over the k samples, + log Z; 'reconstruction' = E_q[-log p(x | z)];
+    'kl_unnormalized' = E_q[log q(z | x) - log p~(z)] = KL - log Z. For priors other than the RBM log Z = 0.
+    Images run `batch_size` at a time through one compiled program (the last batch is padded by repeating its
+    last image, and the padding is dropped); image i's samples use fold_in(key, example_indices[i]).
+    """
+    _check_images(model_config, images, example_indices)
+    num = images.shape[0]
+    variables = {"params": params}
+    config = model_config.replace(dropout_rate=0.0)  # no dropout at evaluation (train=False also skips it)
+    results: list[dict[str, jax.Array]] = []
+    bar = _progress_bar(num, progress)
+    pending = None  # (the last dispatched batch, its number of real images)
+    try:
+        for start in range(0, num, batch_size):
+            index = np.arange(start, start + batch_size).clip(max=num - 1)  # pad by repeating the last image
+            x = to_model_space(config, jnp.asarray(images[index]))
+            result = _iwae_batch(
+                variables, x, jnp.asarray(example_indices[index], jnp.int32), key,
+                model_config=config, num_samples=num_samples, chunk_size=chunk_size,
+            )
+            results.append(result)
+            # Wait for the previous batch only after dispatching this one, so the device never waits for Python.
+            if pending is not None:
+                jax.block_until_ready(pending[0])
+                bar.update(pending[1])
+            pending = (result, min(batch_size, num - start))
+        jax.block_until_ready(pending[0])
+        bar.update(pending[1])
+    finally:
+        bar.close()
+    merged = {name: np.concatenate([np.asarray(r[name], np.float64) for r in results])[:num] for name in PER_IMAGE}
+    return merged
+
+
+def per_image_arrays(
+    unnormalized: Mapping[str, np.ndarray], log_z: LogPartition | None, example_indices: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Per-image results with log Z applied: 'log_likelihood', 'elbo', 'kl', 'reconstruction' (nats, [N]),
+    'log_likelihood_unnormalized' and 'example_indices' ([N] int64, index in the split)."""
+    log_z_value = 0.0 if log_z is None else log_z.estimate
+    return dict(
+        example_indices=np.asarray(example_indices, np.int64),
+        log_likelihood=unnormalized["log_likelihood_unnormalized"] - log_z_value,
+        elbo=unnormalized["elbo_unnormalized"] - log_z_value,
+        kl=unnormalized["kl_unnormalized"] + log_z_value,
+        reconstruction=np.asarray(unnormalized["reconstruction"]),
+        log_likelihood_unnormalized=np.asarray(unnormalized["log_likelihood_unnormalized"]),
+    )
+
+
+def summarize(
+    model_config: ModelConfig, per_image: Mapping[str, np.ndarray], log_z: LogPartition | None
+) -> dict[str, Any]:
+    """Means over the images: 'nats' block (per image) and, for RGB, a 'bits_per_dim' block with the same keys.
+
+    Keys of a block: negative_log_likelihood, its standard_error (over images: test-set sampling, not the
+    estimator's bias), negative_log_likelihood_interval [low, high] (from the log Z interval), negative_elbo,
+    kl, reconstruction. 'headline' names the paper's unit ('nats' binary, 'bits/dim' RGB) and value.
+    """
+    num = per_image["log_likelihood"].shape[0]
+    mean_unnormalized = float(np.mean(per_image["log_likelihood_unnormalized"]))
+    if log_z is None:
+        interval = (-mean_unnormalized, -mean_unnormalized)
+    else:
+        interval = (log_z.lower - mean_unnormalized, log_z.upper - mean_unnormalized)
+    nll = -per_image["log_likelihood"]
+    nats = dict(
+        negative_log_likelihood=float(np.mean(nll)),
+        standard_error=float(np.std(nll, ddof=1) / math.sqrt(num)) if num > 1 else None,
+        negative_log_likelihood_interval=list(interval),
+        negative_elbo=float(-np.mean(per_image["elbo"])),
+        kl=float(np.mean(per_image["kl"])),
+        reconstruction=float(np.mean(per_image["reconstruction"])),
+    )
+    nats = _finite_or_none(nats)
+    summary: dict[str, Any] = {"num_images": int(num)}
+    if model_config.likelihood == "logistic_mixture":
+        bits = _finite_or_none(_scaled(nats, 1.0 / (math.prod(model_config.image_shape) * math.log(2.0))))
+        summary["headline"] = {"units": "bits/dim", "negative_log_likelihood": bits["negative_log_likelihood"]}
+        summary.update(nats=nats, bits_per_dim=bits)
+    else:
+        summary["headline"] = {"units": "nats", "negative_log_likelihood": nats["negative_log_likelihood"]}
+        summary["nats"] = nats
+    if log_z is None:
+        summary["log_partition"] = None
+    else:
+        summary["log_partition"] = _finite_or_none(log_z._asdict())
+        summary["interval_meaning"] = INTERVAL_MEANING
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Data
+
+
+def load_split(dataset: str, split: str, *, data_dir=None, variant=None, validation_size=None):
+    """`pvpp.data.load` with the training run's data options (a `DataSplit`)."""
+    from pvpp import data
+
+    return data.load(dataset, split, data_dir=data_dir, config=variant, validation_size=validation_size)
+
+
+def select_examples(num_total: int, num_examples: int | None, seed: int) -> np.ndarray:
+    """Indices [n] (sorted, int64) of the images to evaluate: all (num_examples None) or a fixed random subset.
+
+    The subset is drawn without replacement from SeedSequence(seed, spawn_key=(SUBSET_STREAM,)), so it is the
+    same on every machine for the same seed.
+    """
+    if num_examples is None:
+        return np.arange(num_total, dtype=np.int64)
+    if num_examples > num_total:
+        raise ValueError(f"num_examples ({num_examples}) exceeds the {num_total} images of the split")
+    rng = np.random.Generator(np.random.Philox(np.random.SeedSequence(seed, spawn_key=(SUBSET_STREAM,))))
+    return np.sort(rng.choice(num_total, size=num_examples, replace=False)).astype(np.int64)
+
+
+def evaluation_images(split_data, example_indices: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
+    """(uint8 images [n, H, W, C] of the given indices, a sentence saying how they were binarized).
+
+    split_data: a `pvpp.data.DataSplit`. Dynamic binarization -> one fixed Bernoulli(x / 255) draw per image
+    from (seed, image index), see the module docstring.
+    """
+    from pvpp.data import binarize_dynamically
+
+    images = split_data.images[example_indices]
+    if split_data.binarization == "dynamic":
+        images = binarize_dynamically(images, example_indices, seed=seed, epoch=0)
+        note = (
+            f"fixed binarization: image i is pvpp.data.binarize_dynamically(x_i, i, seed={seed}, epoch=0), "
+            "one Bernoulli(x/255) draw per pixel"
+        )
+    elif split_data.binarization == "static":
+        note = "static binarization, as stored"
+    else:
+        note = "RGB uint8, as stored"
+    return images, note
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading parameters
+
+
+class InferenceModel(NamedTuple):
+    """What evaluation and sampling need from a training run or an export.
+
+    model_config: the architecture. params: the 'params' collection (EMA parameters of a training run).
+    data: the run's `DataConfig.to_dict()` ({'name', 'data_dir', 'variant', 'validation_size', ...}) or None for a
+    bare export. source: where the parameters came from ({'kind', 'path', 'step'}), for the results.
+    """
+
+    model_config: ModelConfig
+    params: Any
+    data: dict[str, Any] | None
+    source: dict[str, Any]
+
+
+def load_for_inference(workdir=None, checkpoint_path=None) -> InferenceModel:
+    """Loads the parameters to evaluate or sample from (EMA parameters; see `pvpp.train` for the workdir layout).
+
+    checkpoint_path given: an export directory (`checkpoint.export_params`: the training run's
+    `<workdir>/ema_params`, or `export_for_inference`); its config is {'model': ..., ...} or a bare
+    ModelConfig dict. The workdir's config.json, if there is one, still provides the data description.
+    Otherwise workdir: `<workdir>/config.json` gives the model and data; the parameters are the newest of
+    `<workdir>/ema_params` (written at the end of training) and the EMA inside the latest checkpoint of
+    `<workdir>/checkpoints` (a run still going, or stopped before its end).
+    Raises FileNotFoundError naming what is missing.
+    """
+    from pvpp import train
+
+    if workdir is None and checkpoint_path is None:
+        raise ValueError("give a workdir or a checkpoint_path")
+    run = None
+    if workdir is not None:
+        config_path = os.path.join(os.fspath(workdir), train.CONFIG_FILENAME)
+        if os.path.exists(config_path):
+            with open(config_path, encoding="utf-8") as f:
+                run = json.load(f)
+        elif checkpoint_path is None:
+            raise FileNotFoundError(
+                f"workdir {os.fspath(workdir)!r} has no {train.CONFIG_FILENAME}: not a training workdir "
+                "(give an exported parameter directory as checkpoint_path instead)"
+            )
+    data_description = None if run is None else dict(run["data"])
+    if checkpoint_path is not None:
+        model_config, params, exported = load_exported(checkpoint_path)
+        if run is not None and ModelConfig.from_dict(run["model"]) != model_config:
+            raise ValueError(f"the parameters at {checkpoint_path} are of another model than the run in {workdir}")
+        if data_description is None and exported.get("dataset") is not None:
+            data_description = {"name": exported["dataset"]}
+        source = {"kind": "export", "path": os.path.abspath(checkpoint_path), "step": exported.get("step")}
+        return InferenceModel(model_config, params, data_description, source)
+
+    model_config = ModelConfig.from_dict(run["model"])
+    export_path = os.path.join(os.fspath(workdir), train.EMA_PARAMS_DIRNAME)
+    export_step = None
+    if os.path.exists(export_path):
+        export_step = checkpoint.load_params(export_path)[1].get("step")
+    checkpoints_path = os.path.join(os.fspath(workdir), train.CHECKPOINT_DIRNAME)
+    latest = None
+    if os.path.isdir(checkpoints_path):
+        with checkpoint.CheckpointManager(checkpoints_path, read_only=True) as manager:
+            latest = manager.latest_step()
+    if export_step is not None and (latest is None or export_step >= latest):
+        _, params, _ = load_exported(export_path)
+        source = {"kind": "ema_export", "path": os.path.abspath(export_path), "step": export_step}
+    elif latest is not None:
+        params, step = _ema_from_checkpoint(model_config, run, checkpoints_path)
+        source = {"kind": "checkpoint_ema", "path": os.path.abspath(checkpoints_path), "step": step}
+    else:
+        raise FileNotFoundError(f"workdir {os.fspath(workdir)!r} has neither {train.EMA_PARAMS_DIRNAME} nor checkpoints")
+    return InferenceModel(model_config, params, data_description, source)
+
+
+def load_exported(path) -> tuple[ModelConfig, Any, dict[str, Any]]:
+    """(model config, params, the exported config dict) from a `checkpoint.export_params` directory.
+
+    The exported config is either a dict with a `ModelConfig.to_dict()` under 'model' (training's ema_params,
+    `export_for_inference`) or that dict itself.
+    """
+    params, exported = checkpoint.load_params(path)
+    model_dict = exported.get("model", exported) if isinstance(exported, Mapping) else None
+    if not isinstance(model_dict, Mapping):
+        raise ValueError(f"the parameters exported at {path} carry no model configuration")
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    return ModelConfig.from_dict({k: v for k, v in model_dict.items() if k in fields}), params, dict(exported)
+
+
+def export_for_inference(
+    path, model_config: ModelConfig, params: Any, *, dataset: str | None, step: int | None = None, overwrite: bool = False
+) -> None:
+    """Exports parameters (e.g. EMA ones) with {'model', 'dataset', 'step'}, readable by `load_for_inference`."""
+    checkpoint.export_params(
+        path, params, {"model": model_config.to_dict(), "dataset": dataset, "step": step}, overwrite=overwrite
+    )
+
+
+def _ema_from_checkpoint(model_config: ModelConfig, run: Mapping[str, Any], directory: str) -> tuple[Any, int]:
+    """The EMA parameters inside the latest readable training checkpoint: (params, step).
+
+    The restore template is the abstract initial state of the run's own init function (`train.step_functions`),
+    as `pvpp.train` builds it when it resumes; nothing is computed or compiled.
+    """
+    from pvpp import optim, train
+
+    train_config = train.TrainConfig.from_dict(run["train"])
+    device = jax.local_devices()[0]
+    init = train.step_functions(model_config, train_config, (device,)).init
+    batch = train_config.init_batch_size or train_config.batch_size
+    images = jax.ShapeDtypeStruct((batch,) + model_config.image_shape, jnp.uint8)
+    shapes = jax.eval_shape(init, jax.random.key(train_config.seed), images)
+    sharding = jax.sharding.SingleDeviceSharding(device)
+    state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+    position = {name: np.zeros((), np.int64) for name in ("seed", "epoch", "batch_index")}
+    with checkpoint.CheckpointManager(directory, read_only=True) as manager:
+        restored = manager.restore_latest({"train_state": state, "data_position": position})
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint in {directory}")
+    step, saved = restored
+    return optim.ema_params(saved["train_state"].opt_state), int(step)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Output
+
+
+def write_results(path, summary: Mapping[str, Any], per_image: Mapping[str, np.ndarray]) -> tuple[str, str]:
+    """Writes the summary as JSON (`path`) and the per-image arrays next to it (same name, .npz). Returns both."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2, sort_keys=False, allow_nan=False)
+        f.write("\n")
+    arrays_path = os.path.splitext(path)[0] + ".npz"
+    np.savez_compressed(arrays_path, **{name: np.asarray(value) for name, value in per_image.items()})
+    return path, arrays_path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+@functools.partial(jax.jit, static_argnames=("model_config", "num_samples", "chunk_size"))
+def _iwae_batch(variables, x, example_indices, key, *, model_config, num_samples, chunk_size):
+    """One compiled batch: x [B, H, W, C] model space -> dict of [B] (see `importance_weighted_pass`)."""
+    model = PixelVAEPP(model_config)
+    log_partition = 0.0  # applied afterwards (module docstring, step 3)
+
+    def one_image(x_HWC, index):
+        result = objectives.iwae_log_likelihood(
+            model, variables, x_HWC[None], jax.random.fold_in(key, index),
+            num_samples=num_samples, chunk_size=chunk_size, log_partition=log_partition,
+        )
+        return dict(
+            log_likelihood_unnormalized=result["log_likelihood"][0],
+            elbo_unnormalized=result["elbo"][0],
+            reconstruction=-result["reconstruction"][0],
+            kl_unnormalized=result["kl"][0],
+        )
+
+    return jax.vmap(one_image)(x, example_indices)
+
+
+def _check_images(model_config: ModelConfig, images: np.ndarray, example_indices: np.ndarray) -> None:
+    images = np.asarray(images)
+    if images.ndim != 4 or tuple(images.shape[1:]) != model_config.image_shape:
+        raise ValueError(
+            f"images must be [N, {', '.join(map(str, model_config.image_shape))}] for this model, got {images.shape}"
+        )
+    if images.dtype != np.uint8:
+        raise TypeError(f"images must be uint8 data-space pixels, got {images.dtype}")
+    if model_config.likelihood == "bernoulli" and images.size and images.max() > 1:
+        raise ValueError("the Bernoulli likelihood needs binary {0, 1} images: binarize them first (evaluation_images)")
+    if np.shape(example_indices) != images.shape[:1]:
+        raise ValueError(f"example_indices must be [N] = {images.shape[:1]}, got {np.shape(example_indices)}")
+    if images.shape[0] == 0:
+        raise ValueError("no images to evaluate")
+
+
+def _check_int(value, name: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _scaled(block: Mapping[str, Any], scale: float) -> dict[str, Any]:
+    out = {}
+    for name, value in block.items():
+        if isinstance(value, list):
+            out[name] = [v * scale for v in value]
+        else:
+            out[name] = None if value is None else value * scale
+    return out
+
+
+def _finite_or_none(block: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON has no inf / NaN: such values (e.g. an AIS lower end of -inf) become null."""
+
+    def fix(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, list):
+            return [fix(x) for x in v]
+        return v
+
+    return {name: fix(value) for name, value in block.items()}
+
+
+def _progress_bar(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", desc="IWAE", disable=not enabled, dynamic_ncols=True)

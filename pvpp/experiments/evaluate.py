@@ -1,0 +1,201 @@
+"""Test-set evaluation of a trained PixelVAE++ (the paper's Table 1): IWAE log-likelihood, log Z by AIS, KL.
+
+    python -m pvpp.experiments.evaluate --workdir=WORKDIR [--split=test] [--num_importance_samples=1000]
+        [--checkpoint=EXPORT_DIR] [--num_examples=N] [--seed=0] [--output=results.json]
+
+Uses the workdir's EMA parameters (or --checkpoint), dropout off. Writes a JSON summary (nats per image; RGB
+also bits/dim; log Z with its AIS interval and the log-likelihood interval it implies; every setting used) and
+the per-image values (.npz, same name) to --output, by default
+<workdir>/eval/<split>_k<k>[_n<num_examples>]_seed<seed>.json. See pvpp/evaluate.py for the method and
+the conventions (fixed binarization of dynamically binarized test sets, key streams, subsets).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+from absl import app, flags, logging
+
+from pvpp import evaluate
+from pvpp.experiments import inference_common
+
+FLAGS = flags.FlagValues()
+_DEFAULTS = evaluate.EvalConfig()
+DEFAULT_MAX_CHUNK = 100
+
+inference_common.define_source_flags(FLAGS)
+flags.DEFINE_string(
+    "output",
+    None,
+    "JSON file for the results (the .npz of per-image values goes next to it).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_string("split", _DEFAULTS.split, "Data split to evaluate.", flag_values=FLAGS)
+flags.DEFINE_integer(
+    "num_importance_samples",
+    _DEFAULTS.num_importance_samples,
+    "k: hard latent samples per image (the paper: 1000).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "chunk_size",
+    None,
+    f"Samples decoded at once per image; must divide k. Default: min(k, {DEFAULT_MAX_CHUNK}) "
+    "when that divides k, else the largest divisor of k below it.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "batch_size",
+    _DEFAULTS.batch_size,
+    "Images per compiled batch (memory ~ batch_size * chunk_size decoder passes).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "num_examples",
+    _DEFAULTS.num_examples,
+    "Evaluate a fixed random subset (drawn with --seed) of this many images; default all.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "seed", _DEFAULTS.seed, "Root of every random stream (and of the fixed binarization).", flag_values=FLAGS
+)
+flags.DEFINE_enum(
+    "log_partition",
+    _DEFAULTS.log_partition,
+    list(evaluate.LOG_PARTITION_METHODS),
+    "log Z of the RBM prior: AIS, or exact enumeration (small RBMs).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer("ais_num_chains", _DEFAULTS.ais_num_chains, "AIS chains.", flag_values=FLAGS)
+flags.DEFINE_integer(
+    "ais_num_betas",
+    _DEFAULTS.ais_num_betas,
+    "AIS inverse temperatures (10x the training-time estimate).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "ais_sweeps_per_beta", _DEFAULTS.ais_sweeps_per_beta, "Gibbs sweeps per temperature.", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "ais_schedule", _DEFAULTS.ais_schedule, "'linear' or 'dense_near_one'.", flag_values=FLAGS
+)
+flags.DEFINE_bool("progress", True, "Show a progress bar over the images.", flag_values=FLAGS)
+
+
+def eval_config_from_flags(flag_values: flags.FlagValues = FLAGS) -> evaluate.EvalConfig:
+    """The flags as a frozen EvalConfig; app.UsageError naming the flag for a bad value."""
+    k = flag_values.num_importance_samples
+    if k < 1:
+        raise app.UsageError(f"--num_importance_samples must be >= 1, got {k}")
+    chunk = flag_values.chunk_size
+    if chunk is None:
+        chunk = max(d for d in range(1, min(k, DEFAULT_MAX_CHUNK) + 1) if k % d == 0)
+    elif chunk < 1 or k % chunk:
+        raise app.UsageError(f"--chunk_size ({chunk}) must be >= 1 and divide --num_importance_samples ({k})")
+    try:
+        return evaluate.EvalConfig(
+            split=flag_values.split,
+            num_importance_samples=k,
+            chunk_size=chunk,
+            batch_size=flag_values.batch_size,
+            num_examples=flag_values.num_examples,
+            seed=flag_values.seed,
+            log_partition=flag_values.log_partition,
+            ais_num_chains=flag_values.ais_num_chains,
+            ais_num_betas=flag_values.ais_num_betas,
+            ais_sweeps_per_beta=flag_values.ais_sweeps_per_beta,
+            ais_schedule=flag_values.ais_schedule,
+        )
+    except (ValueError, TypeError) as err:
+        raise app.UsageError(f"--{err}") from err  # the messages start with the field (= flag) name
+
+
+def default_output(workdir: str, config: evaluate.EvalConfig) -> str:
+    subset = "" if config.num_examples is None else f"_n{config.num_examples}"
+    name = f"{config.split}_k{config.num_importance_samples}{subset}_seed{config.seed}.json"
+    return os.path.join(workdir, "eval", name)
+
+
+def main(argv: list[str]) -> None:
+    """absl main (`python -m ...`): runs for the parsed FLAGS."""
+    execute(argv)
+
+
+def execute(argv: list[str]) -> dict:
+    """Runs the evaluation for the parsed FLAGS; returns the summary that was written."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = eval_config_from_flags(FLAGS)
+    source = inference_common.load_source(FLAGS)
+    try:
+        evaluate.check_log_partition_method(source.inference.model_config, config.log_partition)
+    except ValueError as err:
+        raise app.UsageError(f"--{err}") from err
+    output = FLAGS.output or default_output(FLAGS.workdir, config)
+    start = time.perf_counter()
+    try:
+        result = evaluate.evaluate_split(
+            source.inference.model_config,
+            source.inference.params,
+            source.dataset,
+            config,
+            parameters=source.inference.source,
+            progress=FLAGS.progress,
+            **source.data_options,
+        )
+    except ValueError as err:  # data that does not fit the settings (e.g. --num_examples beyond the split)
+        raise app.UsageError(str(err)) from err
+    json_path, arrays_path = evaluate.write_results(output, result.summary, result.per_image)
+    seconds = time.perf_counter() - start
+    headline = result.summary["headline"]
+    logging.info(
+        "%s %s: NLL %.4f %s (%d images, %.1f s); wrote %s and %s",
+        source.dataset,
+        config.split,
+        headline["negative_log_likelihood"],
+        headline["units"],
+        result.summary["num_images"],
+        seconds,
+        json_path,
+        arrays_path,
+    )
+    print(_describe(result.summary, seconds, json_path))
+    return result.summary
+
+
+def run(argv: list[str]) -> dict:
+    """Parses argv (argv[0] is the program name) and runs: the in-process equivalent of the command."""
+    return execute(inference_common.parse_flags(FLAGS, argv, __doc__))
+
+
+def _describe(summary: dict, seconds: float, path: str) -> str:
+    nats = summary["nats"]
+    lines = [
+        f"{summary['dataset']} / {summary['split']}: {summary['num_images']} images, "
+        f"k = {summary['settings']['num_importance_samples']}, {seconds:.1f} s",
+        f"  NLL {nats['negative_log_likelihood']:.4f} nats (+- {_fmt(nats['standard_error'])} s.e. over images), "
+        f"-ELBO {nats['negative_elbo']:.4f}, KL {nats['kl']:.4f}, reconstruction {nats['reconstruction']:.4f}",
+    ]
+    if "bits_per_dim" in summary:
+        lines.append(f"  NLL {summary['bits_per_dim']['negative_log_likelihood']:.4f} bits/dim")
+    if summary.get("log_partition"):
+        log_z = summary["log_partition"]
+        low, high = nats["negative_log_likelihood_interval"]
+        lines.append(
+            f"  log Z ({log_z['method']}) {log_z['estimate']:.4f} in [{_fmt(log_z['lower'])}, {_fmt(log_z['upper'])}]"
+            f" -> NLL in [{_fmt(low)}, {_fmt(high)}] nats"
+        )
+    lines.append(f"  results: {path}")
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    return (
+        "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.4f}"
+    )
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=lambda argv: inference_common.parse_flags(FLAGS, argv, __doc__))

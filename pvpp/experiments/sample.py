@@ -1,0 +1,148 @@
+"""Samples and reconstructions of a trained PixelVAE++ (the paper's Figures 2-7), as PNG grids and arrays.
+
+    python -m pvpp.experiments.sample --workdir=WORKDIR [--checkpoint=EXPORT_DIR] [--output_dir=DIR]
+        [--num_latents=8] [--decodes_per_latent=8] [--num_reconstructions=8] [--decodes_per_image=8]
+        [--num_gibbs_sweeps=50000] [--seed=0]
+
+Writes into --output_dir (default <workdir>/samples/):
+  prior_samples.png           one row per prior latent (RBM: block Gibbs; Gaussian: N(0, I)), its decodes across
+  prior_samples_sorted.png    the same rows ordered by energy distance (Figure 7's arrangement)
+  reconstructions.png         one row per test image: the image, then decodes of one z ~ q(z | x)
+  reconstructions_sorted.png  the same rows ordered by energy distance (Figure 4's arrangement)
+  samples.npz                 the latents, the images (uint8 data space: {0, 1} binary, 0..255 RGB), the orders
+  samples.json                the settings and where the parameters came from
+Prior 'none' (plain PixelCNN++): only the prior_samples grids (rows are plain samples). Uses the EMA parameters,
+dropout off. See pvpp/sample.py for the procedure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+from absl import app, flags, logging
+
+from pvpp import evaluate, sample
+from pvpp.experiments import inference_common
+from pvpp.model import to_model_space
+
+FLAGS = flags.FlagValues()
+_DEFAULTS = sample.SampleConfig()
+
+inference_common.define_source_flags(FLAGS)
+flags.DEFINE_string("output_dir", None, "Where the figures go; default <workdir>/samples.", flag_values=FLAGS)
+flags.DEFINE_integer("num_latents", _DEFAULTS.num_latents, "Prior latents (rows).", flag_values=FLAGS)
+flags.DEFINE_integer(
+    "decodes_per_latent",
+    _DEFAULTS.decodes_per_latent,
+    "Decodes of each prior latent (columns).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "num_reconstructions",
+    _DEFAULTS.num_reconstructions,
+    "Test images to reconstruct (0: none).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "decodes_per_image", _DEFAULTS.decodes_per_image, "Decodes of each image's latent.", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "num_gibbs_sweeps", _DEFAULTS.num_gibbs_sweeps, "Block-Gibbs sweeps per RBM chain.", flag_values=FLAGS
+)
+flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Images decoded at once.", flag_values=FLAGS)
+flags.DEFINE_string("split", _DEFAULTS.split, "Split the reconstructed images come from.", flag_values=FLAGS)
+flags.DEFINE_integer("seed", _DEFAULTS.seed, "Root of every random stream.", flag_values=FLAGS)
+flags.DEFINE_integer("upscale", _DEFAULTS.upscale, "PNG pixels per image pixel.", flag_values=FLAGS)
+
+
+def sample_config_from_flags(flag_values: flags.FlagValues = FLAGS) -> sample.SampleConfig:
+    """The flags as a frozen SampleConfig; app.UsageError naming the flag for a bad value."""
+    from pvpp import data
+
+    if flag_values.split not in data.SPLITS:
+        raise app.UsageError(f"--split must be one of {data.SPLITS}, got {flag_values.split!r}")
+    names = [f.name for f in sample.SampleConfig.__dataclass_fields__.values()]
+    try:
+        return sample.SampleConfig(**{name: getattr(flag_values, name) for name in names})
+    except (ValueError, TypeError) as err:
+        raise app.UsageError(f"--{err}") from err
+
+
+def main(argv: list[str]) -> None:
+    """absl main (`python -m ...`): runs for the parsed FLAGS."""
+    execute(argv)
+
+
+def execute(argv: list[str]) -> dict[str, str]:
+    """Writes the figures for the parsed FLAGS; returns {name: path}."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = sample_config_from_flags(FLAGS)
+    source = inference_common.load_source(FLAGS)
+    model_config, params = source.inference.model_config, source.inference.params
+    output_dir = FLAGS.output_dir or os.path.join(FLAGS.workdir, "samples")
+    inputs, indices = None, None
+    if config.num_reconstructions and model_config.prior != "none":
+        split_data = evaluate.load_split(source.dataset, config.split, **source.data_options)
+        if tuple(split_data.images.shape[1:]) != model_config.image_shape:
+            raise app.UsageError(
+                f"--dataset {source.dataset} has images {split_data.images.shape[1:]}, the model {model_config.image_shape}"
+            )
+        if config.num_reconstructions > len(split_data):
+            raise app.UsageError(
+                f"--num_reconstructions ({config.num_reconstructions}) exceeds the {len(split_data)} images of --split"
+            )
+        indices = evaluate.select_examples(len(split_data), config.num_reconstructions, config.seed)
+        inputs, _ = evaluate.evaluation_images(split_data, indices, config.seed)
+
+    start = time.perf_counter()
+    root = jax.random.key(config.seed)
+    prior = sample.generate_from_prior(model_config, params, root, config)
+    logging.info(
+        "prior samples: %d x %d in %.1f s",
+        config.num_latents,
+        config.decodes_per_latent,
+        time.perf_counter() - start,
+    )
+    reconstructions = None
+    if inputs is not None:
+        reconstructions = sample.reconstruct(
+            model_config, params, to_model_space(model_config, inputs), root, config
+        )
+    extra = {} if indices is None else {"reconstruction_example_indices": indices}
+    paths = sample.save_figures(
+        output_dir,
+        model_config,
+        prior=prior,
+        reconstructions=reconstructions,
+        inputs=inputs,
+        upscale=config.upscale,
+        extra_arrays=extra,
+    )
+    paths["settings"] = os.path.join(output_dir, "samples.json")
+    with open(paths["settings"], "w", encoding="utf-8") as f:
+        json.dump(
+            {
+                "dataset": source.dataset,
+                "parameters": source.inference.source,
+                "settings": config.to_dict(),
+                "model": model_config.to_dict(),
+            },
+            f,
+            indent=2,
+        )
+        f.write("\n")
+    print(f"wrote {', '.join(sorted(paths.values()))} in {time.perf_counter() - start:.1f} s")
+    return paths
+
+
+def run(argv: list[str]) -> dict[str, str]:
+    """Parses argv (argv[0] is the program name) and runs: the in-process equivalent of the command."""
+    return execute(inference_common.parse_flags(FLAGS, argv, __doc__))
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=lambda argv: inference_common.parse_flags(FLAGS, argv, __doc__))

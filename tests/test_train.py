@@ -1,0 +1,365 @@
+"""Training: the pmap step on 1 and 8 devices, resume (in process and after SIGKILL), corrupted checkpoints,
+NaN detection, the workdir layout.
+
+One tiny model (8x8 binary images, nr_resnet 1, 8 filters, 8 latents, RBM 4 + 4, dropout off) and one set of
+step settings for every test, so that the compiled functions (`pvpp.train` caches them per configuration) are
+shared; runs differ only in length and periods. conftest gives the process 8 CPU devices."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pvpp import checkpoint, data, train
+from pvpp.model import ModelConfig
+from pvpp.optim import ema_params
+
+MODEL = ModelConfig(
+    image_shape=(8, 8, 1),
+    nr_resnet=1,
+    nr_filters=8,
+    dropout_rate=0.0,
+    num_concat_latents=8,
+    rbm_num_left=4,
+    encoder_filters=8,
+    latent_map_channels=4,
+)
+TRAIN = train.TrainConfig(
+    batch_size=8,
+    num_steps=6,
+    num_devices=1,
+    num_chains=4,
+    log_every=2,
+    eval_every=3,
+    eval_examples=16,
+    checkpoint_every=2,
+    keep_checkpoints=3,
+    log_z_ais=train.AISConfig(num_chains=16, num_betas=20),
+)
+NUM_IMAGES = 64
+
+
+def synthetic_splits() -> tuple[data.DataSplit, data.DataSplit]:
+    """Random binary 8x8 images (a static binary data set); the runner script below rebuilds the same ones."""
+    images = (np.random.default_rng(0).uniform(size=(NUM_IMAGES, 8, 8, 1)) < 0.4).astype(np.uint8)
+    return (
+        data.DataSplit("synthetic", "train", images, None, "static"),
+        data.DataSplit("synthetic", "test", images[:16], None, "static"),
+    )
+
+
+def run(workdir, **changes) -> train.TrainState:
+    train_data, eval_data = synthetic_splits()
+    return train.run_training(MODEL, TRAIN.replace(**changes), train_data, eval_data, workdir)
+
+
+def assert_states_equal(got: train.TrainState, want: train.TrainState, exact: bool = True) -> None:
+    """Every leaf of the two states (params, optimizer state with the EMA, chains, step, key) is equal."""
+    got_leaves = jax.tree_util.tree_flatten_with_path(_key_data(got))[0]
+    want_leaves = jax.tree_util.tree_flatten_with_path(_key_data(want))[0]
+    assert [p for p, _ in got_leaves] == [p for p, _ in want_leaves]
+    for (path, a), (_, b) in zip(got_leaves, want_leaves):
+        if exact:
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))
+        else:
+            # Adam divides by sqrt(v): for entries with near-zero gradients float-rounding differences are
+            # amplified up to a fraction of the learning rate (1e-3), hence the absolute tolerance.
+            np.testing.assert_allclose(
+                np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path)
+            )
+
+
+def _key_data(state):
+    return state.replace(key=jax.random.key_data(state.key))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run of 6 steps: (final state, workdir)."""
+    workdir = tmp_path_factory.mktemp("reference")
+    return run(workdir), workdir
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Configuration and validation
+
+
+def test_train_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="exactly one of num_steps and num_epochs"):
+        train.TrainConfig(num_steps=10, num_epochs=2)
+    with pytest.raises(ValueError, match="exactly one of num_steps and num_epochs"):
+        train.TrainConfig(num_steps=None)
+    with pytest.raises(ValueError, match="batch_size 10 is not a multiple of num_devices 4"):
+        train.TrainConfig(batch_size=10, num_devices=4)
+    with pytest.raises(ValueError, match="negative_phase"):
+        train.TrainConfig(negative_phase="cd")
+    with pytest.raises(ValueError, match="num_betas"):
+        train.AISConfig(num_betas=1)
+    config = TRAIN.replace(num_steps=None, num_epochs=3)
+    assert train.TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+@pytest.mark.parametrize(
+    "changes, data_changes, match",
+    [
+        (dict(num_devices=16, batch_size=16), {}, "num_devices 16 exceeds the 8 local devices"),
+        (dict(num_devices=None, batch_size=12), {}, "not a multiple of the 8 devices"),
+        ({}, dict(images=np.zeros((64, 28, 28, 1), np.uint8)), r"images are \(28, 28, 1\)"),
+        (dict(batch_size=128, num_devices=None), {}, "exceeds the 64 training images"),
+    ],
+)
+def test_run_training_validates_before_writing(tmp_path, changes, data_changes, match):
+    train_data, eval_data = synthetic_splits()
+    train_data = data.DataSplit(**{**train_data.__dict__, **data_changes})
+    workdir = tmp_path / "run"
+    with pytest.raises(ValueError, match=match):
+        train.run_training(MODEL, TRAIN.replace(**changes), train_data, eval_data, workdir)
+    assert not workdir.exists()
+
+
+def test_workdir_of_another_model_is_refused_untouched(reference, tmp_path):
+    _, workdir = reference
+    before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
+    train_data, eval_data = synthetic_splits()
+    with pytest.raises(ValueError, match="another model configuration .*nr_filters: 8 -> 16"):
+        train.run_training(MODEL.replace(nr_filters=16), TRAIN, train_data, eval_data, workdir)
+    assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The step on 1 and 8 devices
+
+
+def test_eight_devices_make_the_update_of_one_device_with_the_whole_batch():
+    """8 devices x 1 image == 1 device x 8 images (dropout off): same latent noise per global example index,
+    gradients averaged with pmean, chains advanced with the same key everywhere."""
+    assert jax.local_device_count() == 8
+    images, _ = synthetic_splits()
+    batches = [images.images[8 * i : 8 * (i + 1)] for i in range(2)]
+    root = jax.random.key(TRAIN.seed)
+    results = {}
+    for num_devices in (1, 8):
+        devices = tuple(jax.local_devices()[:num_devices])
+        fns = train.step_functions(MODEL, TRAIN, devices)
+        sharding = train.device_sharding(devices)
+        state = train.replicate(fns.init(root, batches[0]), sharding)
+        losses = []
+        for batch in batches:
+            per_device = jax.device_put(batch.reshape(num_devices, 8 // num_devices, 8, 8, 1), sharding)
+            state, metrics = fns.train(state, per_device)
+            losses.append(np.asarray(metrics["loss"]))
+        # After every step the copies on all devices are identical (bitwise): params, EMA, Adam, chains.
+        for leaf in jax.tree.leaves(_key_data(state)):
+            copies = np.asarray(leaf)
+            for d in range(1, num_devices):
+                np.testing.assert_array_equal(copies[d], copies[0])
+        results[num_devices] = (train.unreplicate(state), np.stack(losses))
+    (state_1, losses_1), (state_8, losses_8) = results[1], results[8]
+    np.testing.assert_allclose(losses_8, np.broadcast_to(losses_1[:, :1], losses_8.shape), rtol=1e-5)
+    assert_states_equal(state_8, state_1, exact=False)
+    # The chains saw identical parameters and keys: they agree exactly.
+    np.testing.assert_array_equal(state_8.chains.z_left, state_1.chains.z_left)
+    # Sanity: the step did change the parameters.
+    init = fns.init(root, batches[0])
+    assert not np.allclose(state_1.params["rbm"]["weights"], init.params["rbm"]["weights"])
+
+
+@pytest.mark.parametrize(
+    "prior, negative_phase",
+    [("rbm", "ais"), ("gaussian", "pcd"), ("bernoulli", "pcd"), ("none", "pcd")],
+)
+def test_step_traces_for_every_prior_and_the_ais_negative_phase(prior, negative_phase):
+    """Shapes only (jax.eval_shape: traced, not compiled): the step and the evaluation accept every prior, and
+    the AIS negative phase; the state keeps its structure and chains exist exactly for RBM + PCD."""
+    model = MODEL.replace(prior=prior)
+    negative_ais = train.AISConfig(num_chains=4, num_betas=3)
+    config = TRAIN.replace(negative_phase=negative_phase, negative_ais=negative_ais)
+    devices = tuple(jax.local_devices()[:2])
+    fns = train.step_functions(model, config, devices)
+    images = jax.ShapeDtypeStruct((8, 8, 8, 1), jnp.uint8)
+    state = jax.eval_shape(fns.init, jax.random.key(0), images)
+    assert (state.chains is not None) == (prior == "rbm" and negative_phase == "pcd")
+    replicated = jax.tree.map(lambda s: jax.ShapeDtypeStruct((2,) + s.shape, s.dtype), state)
+    per_device = jax.ShapeDtypeStruct((2, 4, 8, 8, 1), jnp.uint8)
+    new_state, metrics = jax.eval_shape(fns.train, replicated, per_device)
+    assert jax.tree.structure(new_state) == jax.tree.structure(replicated)
+    assert {"loss", "reconstruction", "kl", "grad_norm", "learning_rate", "finite"} <= set(metrics)
+    sums = jax.eval_shape(
+        fns.evaluate, replicated.params, jax.ShapeDtypeStruct((), jnp.float32), jax.random.key(1), per_device,
+        jax.ShapeDtypeStruct((2, 4), jnp.bool_),
+    )
+    assert set(sums) == {"loss", "reconstruction", "kl", "negative_elbo", "count"}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Runs, resume, corrupted checkpoints, NaN
+
+
+def test_workdir_layout_config_metrics_checkpoints_export(reference):
+    final, workdir = reference
+    assert int(final.step) == TRAIN.num_steps
+    config = json.loads((workdir / train.CONFIG_FILENAME).read_text())
+    assert ModelConfig.from_dict(config["model"]) == MODEL
+    assert train.TrainConfig.from_dict(config["train"]) == TRAIN
+    assert config["data"]["name"] == "synthetic" and config["num_devices"] == 1 and config["num_steps"] == 6
+
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in records if "train/loss" in r]
+    eval_steps = [r["step"] for r in records if "eval/loss" in r]
+    assert train_steps == [2, 4, 6] and eval_steps == [3, 6]
+    last_eval = [r for r in records if "eval/loss" in r][-1]
+    for name in (
+        "eval/negative_elbo",
+        "eval/reconstruction",
+        "eval/kl",
+        "eval_ema/loss",
+        "log_partition",
+        "log_partition_lower",
+        "log_partition_upper",
+        "ais_effective_sample_size",
+    ):
+        assert np.isfinite(last_eval[name]), name
+    assert last_eval["log_partition_lower"] <= last_eval["log_partition"] <= last_eval["log_partition_upper"]
+    # The relaxed loss with beta 1 is reconstruction + KL (log Z included).
+    np.testing.assert_allclose(
+        last_eval["eval/loss"], last_eval["eval/reconstruction"] + last_eval["eval/kl"], rtol=1e-5
+    )
+
+    assert sorted(
+        int(p.name) for p in (workdir / train.CHECKPOINT_DIRNAME).iterdir() if p.name.isdigit()
+    ) == [2, 4, 6]
+    exported, export_config = checkpoint.load_params(workdir / train.EMA_PARAMS_DIRNAME)
+    assert export_config["step"] == 6 and ModelConfig.from_dict(export_config["model"]) == MODEL
+    for a, b in zip(jax.tree.leaves(exported), jax.tree.leaves(ema_params(final.opt_state))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(reference, tmp_path):
+    want, _ = reference
+    first = run(tmp_path, num_steps=3)  # saves its last step, 3; then the same command with the full length
+    assert int(first.step) == 3
+    resumed = run(tmp_path)
+    assert_states_equal(resumed, want)
+    # The data position of step 3 is that of an iterator after 3 batches.
+    iterator = data.batch_iterator(synthetic_splits()[0], TRAIN.batch_size, seed=TRAIN.seed, num_devices=1)
+    for _ in range(3):
+        next(iterator)
+    with checkpoint.CheckpointManager(tmp_path / train.CHECKPOINT_DIRNAME, read_only=True) as manager:
+        template = {"train_state": first, "data_position": iterator.get_state()}
+        saved = manager.restore(3, template)
+    assert {k: int(v) for k, v in saved["data_position"].items()} == {
+        k: int(v) for k, v in iterator.get_state().items()
+    }
+
+
+def test_corrupted_latest_checkpoint_is_reported_and_the_previous_used(reference, tmp_path, caplog):
+    want, _ = reference
+    run(tmp_path, num_steps=4)  # checkpoints 2 and 4
+    step_dir = tmp_path / train.CHECKPOINT_DIRNAME / "4"
+    largest = max((p for p in step_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 2])  # truncated
+    with caplog.at_level(logging.INFO):
+        resumed = run(tmp_path)
+    assert any("step 4" in r.getMessage() and "unreadable" in r.getMessage() for r in caplog.records)
+    assert any("Resumed from the checkpoint of step 2" in r.getMessage() for r in caplog.records)
+    assert_states_equal(resumed, want)  # steps 3 and 4 recomputed exactly
+
+
+def test_non_finite_step_raises_and_saves_nothing_after_the_last_good_checkpoint(reference, tmp_path):
+    """A finite state whose parameters are 1e30 times too large overflows on the next step: the run stops with
+    FloatingPointError naming that step, and no checkpoint is written after the last good one."""
+    good = run(tmp_path, num_steps=2)  # checkpoint 2
+    diverging = good.replace(
+        step=jnp.asarray(3, jnp.int32), params=jax.tree.map(lambda p: p * 1e30, good.params)
+    )
+    iterator = data.batch_iterator(synthetic_splits()[0], TRAIN.batch_size, seed=TRAIN.seed, num_devices=1)
+    for _ in range(3):
+        next(iterator)
+    with checkpoint.CheckpointManager(tmp_path / train.CHECKPOINT_DIRNAME, async_save=False) as manager:
+        manager.save(3, {"train_state": diverging, "data_position": iterator.get_state()})
+    with pytest.raises(FloatingPointError, match=r"at step 4.*last good checkpoint is step 3"):
+        run(tmp_path, checkpoint_every=1)
+    steps = sorted(int(p.name) for p in (tmp_path / train.CHECKPOINT_DIRNAME).iterdir() if p.name.isdigit())
+    assert steps == [2, 3]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in records) <= 3  # no metrics of the bad step were written either
+
+
+# ----------------------------------------------------------------------------------------------------------
+# SIGKILL at an arbitrary point, then the same command again
+
+RUNNER = """
+import json, os, sys
+import jax
+jax.config.update("jax_num_cpu_devices", 8)  # as in the test process: the same compilations (cache)
+jax.config.update("jax_compilation_cache_dir", os.environ["PVPP_TEST_JAX_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+import numpy as np
+from absl import logging
+from pvpp import data, train
+from pvpp.model import ModelConfig
+logging.set_verbosity(logging.INFO)
+model = ModelConfig.from_dict(json.loads(sys.argv[2]))
+config = train.TrainConfig.from_dict(json.loads(sys.argv[3]))
+images = (np.random.default_rng(0).uniform(size=({num}, 8, 8, 1)) < 0.4).astype(np.uint8)
+train.run_training(model, config, data.DataSplit("synthetic", "train", images, None, "static"),
+                   data.DataSplit("synthetic", "test", images[:16], None, "static"), sys.argv[1])
+"""
+
+
+def test_sigkill_at_an_arbitrary_point_then_the_same_command_resumes(tmp_path):
+    config = TRAIN.replace(num_steps=40, checkpoint_every=10, log_every=10, eval_every=1000)
+    workdir = tmp_path / "killed"
+    cache = jax.config.jax_compilation_cache_dir
+    command = [
+        sys.executable,
+        "-c",
+        RUNNER.format(num=NUM_IMAGES),
+        str(workdir),
+        json.dumps(MODEL.to_dict()),
+        json.dumps(config.to_dict()),
+    ]
+    env = dict(os.environ, PVPP_TEST_JAX_CACHE_DIR=cache)
+    checkpoints = workdir / train.CHECKPOINT_DIRNAME
+
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 240
+    while not (checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+        assert process.poll() is None, process.stdout.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.05)
+    time.sleep(random.Random(0).uniform(0.0, 0.5))  # somewhere in the loop: stepping, saving, logging
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it was killed: lengthen it"
+    steps_at_kill = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+    assert steps_at_kill and steps_at_kill[-1] < config.num_steps
+
+    done = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=240)
+    log = done.stdout.decode()
+    assert done.returncode == 0, log[-3000:]
+    assert f"Resumed from the checkpoint of step {steps_at_kill[-1]}" in log
+
+    # The killed-and-resumed run ends where an uninterrupted one does.
+    want = run(
+        tmp_path / "uninterrupted",
+        **{k: getattr(config, k) for k in ("num_steps", "checkpoint_every", "log_every", "eval_every")},
+    )
+    with checkpoint.CheckpointManager(checkpoints, read_only=True) as manager:
+        iterator = data.batch_iterator(
+            synthetic_splits()[0], TRAIN.batch_size, seed=TRAIN.seed, num_devices=1
+        )
+        step, saved = manager.restore_latest({"train_state": want, "data_position": iterator.get_state()})
+    assert step == config.num_steps
+    assert_states_equal(saved["train_state"], want)
