@@ -35,7 +35,7 @@ def _caltech(data_dir):
 
 @functools.lru_cache(maxsize=None)
 def _train(prior, data_dir):
-    """Adam on 256 training images, KL annealing over the first 60% of the steps (the paper's warm-up), the RBM's
+    """Adam on 256 training images, KL annealing from 0 over the first 90% of the steps (the paper's warm-up), the RBM's
     negative phase from 64 persistent chains."""
     config = _config(prior)
     train, _ = _caltech(data_dir)
@@ -67,7 +67,7 @@ def _train(prior, data_dir):
     order = np.random.default_rng(0).permutation(np.arange(NUM_STEPS * BATCH) % 256)
     for i in range(NUM_STEPS):
         batch = images[order[i * BATCH : (i + 1) * BATCH]]
-        beta_kl = kl_weight(i, int(0.6 * NUM_STEPS), start=0.05)
+        beta_kl = kl_weight(i, int(0.9 * NUM_STEPS), start=0.0)
         params, opt_state, chains, metrics = step(params, opt_state, chains, batch, jax.random.key(100 + i), beta_kl)
         history.append(metrics)
     history = jax.tree.map(lambda *v: np.asarray(v), *history)
