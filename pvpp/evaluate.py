@@ -617,6 +617,13 @@ def _finite_or_none(block: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _progress_bar(total: int, enabled: bool):
+    """A tqdm bar on stderr; redrawn at most every 30 s when stderr is a file (a log), not a terminal."""
+    import sys
+
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="img", desc="IWAE", disable=not enabled, dynamic_ncols=True)
+    interactive = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+    return tqdm(
+        total=total, unit="img", desc="IWAE", disable=not enabled, dynamic_ncols=True,
+        mininterval=0.1 if interactive else 30.0,
+    )

@@ -24,7 +24,9 @@ from pvpp.experiments import common
 from pvpp.model import ModelConfig
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-FLAG_FILES = sorted((ROOT / "experiments").glob("*.flags"))
+# Files named *_common.flags hold settings shared by several experiments (included with --flagfile), not runs.
+ALL_FLAG_FILES = sorted((ROOT / "experiments").glob("*.flags"))
+FLAG_FILES = [f for f in ALL_FLAG_FILES if not f.stem.endswith("_common")]
 ENTRY_POINTS = {"mnist": "mnist", "omniglot": "omniglot", "caltech101": "caltech101", "cifar10": "cifar10"}
 
 
@@ -46,10 +48,14 @@ def test_the_experiment_flag_files_exist():
     for data_set in ("mnist_static", "mnist_dynamic", "omniglot", "caltech101", "cifar10"):
         assert {data_set, f"{data_set}_gaussian", f"{data_set}_pixelcnn"} <= names, data_set
     assert {"caltech101_cpu", "mnist_cpu", "cifar10_cpu"} <= names
+    for common_file in sorted(set(ALL_FLAG_FILES) - set(FLAG_FILES)):
+        include = f"--flagfile=experiments/{common_file.name}"
+        assert any(include in f.read_text().splitlines() for f in FLAG_FILES), f"{common_file.name} is unused"
 
 
 @pytest.mark.parametrize("flag_file", FLAG_FILES, ids=lambda p: p.stem)
-def test_flag_file_builds_valid_configs(flag_file, tmp_path):
+def test_flag_file_builds_valid_configs(flag_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # nested --flagfile lines are relative to the repository root, like the README commands
     module = entry_point(flag_file)
     workdir = tmp_path / "run"
     flag_values = parse(module, [f"--flagfile={flag_file}", f"--workdir={workdir}"])
@@ -61,7 +67,7 @@ def test_flag_file_builds_valid_configs(flag_file, tmp_path):
     assert model_config.image_shape == module.MODEL_DEFAULTS.image_shape
     text = flag_file.read_text()
     assert text.startswith("#") and "python -m pvpp.experiments." + module.__name__.rsplit(".", 1)[1] in text
-    if flag_file.stem.endswith("_cpu"):
+    if "_cpu" in flag_file.stem:
         return
     # Paper experiments: the architecture of the entry point's paper configuration, the paper's optimizer.
     expected_prior = {"gaussian": "gaussian", "pixelcnn": "none"}.get(
@@ -81,6 +87,28 @@ def test_flag_file_builds_valid_configs(flag_file, tmp_path):
         assert (train_config.batch_size, train_config.num_devices) == (64, 8)
     else:
         assert train_config.batch_size == 128
+
+
+def test_cpu_budget_variants_differ_only_in_the_prior(tmp_path, monkeypatch):
+    """The Caltech-101 CPU comparison: same decoder, encoders, latents, data, optimiser and budget; only the prior
+    (and the RBM's own settings) changes."""
+    monkeypatch.chdir(ROOT)
+    module = importlib.import_module("pvpp.experiments.caltech101")
+    configs = {}
+    for variant in ("rbm", "gaussian", "pixelcnn"):
+        flag_file = ROOT / "experiments" / f"caltech101_cpu_budget_{variant}.flags"
+        flag_values = parse(module, [f"--flagfile={flag_file}", f"--workdir={tmp_path / variant}"])
+        configs[variant] = common.configs_from_flags(flag_values, module.MODEL_DEFAULTS)[:3]
+    assert {v: c[0].prior for v, c in configs.items()} == {"rbm": "rbm", "gaussian": "gaussian", "pixelcnn": "none"}
+    rbm_model, rbm_train, rbm_data = configs["rbm"]
+    assert rbm_model.num_latents == 128 and rbm_model.rbm_num_left == 64 and rbm_train.sweeps_per_step == 5
+    for variant in ("gaussian", "pixelcnn"):
+        model_config, train_config, data_config = configs[variant]
+        # rbm_num_left (the RBM's split) is unused by the other priors.
+        assert model_config.replace(prior="rbm", rbm_num_left=rbm_model.rbm_num_left) == rbm_model, variant
+        chain_settings = {"num_chains": rbm_train.num_chains, "sweeps_per_step": rbm_train.sweeps_per_step}
+        assert train_config.replace(**chain_settings) == rbm_train, variant
+        assert data_config == rbm_data, variant
 
 
 def test_mnist_dataset_flag_picks_static_or_dynamic(tmp_path):
