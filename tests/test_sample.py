@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import random_variables
 from pvpp import likelihoods, sample
 from pvpp.pixelcnn import PixelCNNPP
 
@@ -23,7 +24,7 @@ def _setting(name):
     likelihood, shape, out_channels = SETTINGS[name]
     model = PixelCNNPP(nr_resnet=1, nr_filters=8, out_channels=out_channels, dropout_rate=0.0)
     x = jax.random.uniform(jax.random.key(0), shape, minval=-1.0, maxval=1.0)
-    variables = _perturbed(jax.jit(model.init)(jax.random.key(1), x), seed=2)
+    variables = random_variables(model.init, jax.random.key(1), x, seed=2)  # random weights, no init compile
     traces = {"decode": 0}
 
     def decode(x, variables):
@@ -31,14 +32,6 @@ def _setting(name):
         return model.apply(variables, x)
 
     return likelihood, shape, model, variables, decode, traces
-
-
-def _perturbed(variables, seed):
-    """Moves every parameter off its initial value, so no weight sits at a structured init."""
-    leaves, treedef = jax.tree.flatten(variables)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    leaves = [p + 0.2 * jnp.std(p) * jax.random.normal(k, p.shape) + 0.01 for p, k in zip(leaves, keys)]
-    return jax.tree.unflatten(treedef, leaves)
 
 
 def _naive_sample(model, variables, key, shape, likelihood):
@@ -106,10 +99,10 @@ def test_partial_sampling_is_a_prefix_of_the_full_sample():
 
 
 def test_new_parameters_and_keys_reuse_the_compiled_sampler():
-    likelihood, shape, _, variables, decode, traces = _setting("bernoulli")
+    likelihood, shape, model, variables, decode, traces = _setting("bernoulli")
     first = sample.autoregressive_sample(decode, jax.random.key(0), shape, likelihood, variables)
     count = traces["decode"]
-    other_variables = _perturbed(variables, seed=3)
+    other_variables = random_variables(model.init, jax.random.key(1), jnp.zeros(shape), seed=3)
     second = sample.autoregressive_sample(decode, jax.random.key(1), list(shape), likelihood, other_variables)
     assert traces["decode"] == count, "a new key or new parameters retraced the sampler"
     assert first.shape == second.shape == shape
