@@ -42,6 +42,7 @@ import functools
 import json
 import math
 import os
+import sys
 import time
 from typing import Any, Mapping, NamedTuple
 
@@ -618,8 +619,6 @@ def _finite_or_none(block: Mapping[str, Any]) -> dict[str, Any]:
 
 def _progress_bar(total: int, enabled: bool):
     """A tqdm bar on stderr; redrawn at most every 30 s when stderr is a file (a log), not a terminal."""
-    import sys
-
     from tqdm import tqdm
 
     interactive = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
