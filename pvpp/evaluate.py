@@ -20,8 +20,9 @@ Order of work (`evaluate`):
    an LL interval: LL in [log p~(x) - upper, log p~(x) - lower]. The interval states the AIS estimator's
    spread only: it cannot see modes that AIS missed, and an underestimated log Z overestimates the LL.
 
-Randomness. One root key `jax.random.key(seed)`, split by `fold_in` into the named streams 'iwae' and 'ais'.
-Image number i of the split (its index in the split, not in the batch) uses fold_in(iwae_stream, i), so its
+Randomness (`pvpp.keys`). One root key `jax.random.key(seed)`; log Z draws from its stream 'log_partition',
+and image number i of the split (its index in the split, not in the batch) from
+fold_in(stream 'importance_samples', i), so its
 estimate does not depend on the batch size or on which other images are evaluated: a subset run reproduces the
 full run's numbers for its images (up to the float rounding of batched convolutions). The fixed random subset (`num_examples`) is drawn with numpy from
 SeedSequence(seed, spawn_key=(SUBSET_STREAM,)).
@@ -50,14 +51,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from tqdm import tqdm
 
-from pvpp import checkpoint, objectives
-from pvpp.model import ModelConfig, PixelVAEPP, rbm_params, to_model_space
-from pvpp.priors import ais as ais_lib
-from pvpp.priors import rbm
+from pvpp import data, keys, objectives
+from pvpp.likelihoods import make_likelihood
+from pvpp.model import ModelConfig, PixelVAEPP, to_model_space
+from pvpp.priors import AISConfig, make_prior
+from pvpp.priors.base import LOG_PARTITION_METHODS
+from pvpp.validation import check_choice, check_int
 
-LOG_PARTITION_METHODS = ("ais", "exact")
-KEY_STREAMS = {"iwae": 0, "ais": 1}
 SUBSET_STREAM = 2  # numpy spawn key of the subset draw (pvpp.data.binarize uses 0 and 1 for its streams)
 #: Per-image quantities of the importance-weighted pass (all nats, [N]).
 PER_IMAGE = ("log_likelihood_unnormalized", "elbo_unnormalized", "reconstruction", "kl_unnormalized")
@@ -80,7 +82,7 @@ class EvalConfig:
     num_examples: evaluate a fixed random subset of this many images of the split (None: all of it).
     seed: root of every random stream (latent samples, AIS, subset, the fixed binarization).
     log_partition: 'ais' or 'exact' (enumeration; the RBM's smaller side must have <= 24 units).
-    ais_num_chains, ais_num_betas, ais_sweeps_per_beta, ais_schedule: the AIS effort (see pvpp.priors.ais).
+    ais: the AIS effort (`pvpp.priors.AISConfig`; 10x the periodic training estimate by default).
     """
 
     split: str = "test"
@@ -90,31 +92,21 @@ class EvalConfig:
     num_examples: int | None = None
     seed: int = 0
     log_partition: str = "ais"
-    ais_num_chains: int = 1000
-    ais_num_betas: int = 10000
-    ais_sweeps_per_beta: int = 1
-    ais_schedule: str = "linear"
+    ais: AISConfig = AISConfig(num_chains=1000, num_betas=10000)
 
     def __post_init__(self):
-        from pvpp.data import SPLITS  # deferred: importing the data package pulls in tensorflow_datasets
-
-        if self.split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
-        for name, minimum in (
-            ("num_importance_samples", 1), ("chunk_size", 1), ("batch_size", 1), ("seed", 0),
-            ("ais_num_chains", 1), ("ais_num_betas", 2), ("ais_sweeps_per_beta", 0),
-        ):
-            _check_int(getattr(self, name), name, minimum)
+        check_choice(self.split, "split", data.SPLITS)
+        for name, minimum in (("num_importance_samples", 1), ("chunk_size", 1), ("batch_size", 1), ("seed", 0)):
+            check_int(getattr(self, name), name, minimum)
         if self.num_importance_samples % self.chunk_size:
             raise ValueError(
                 f"chunk_size ({self.chunk_size}) must divide num_importance_samples ({self.num_importance_samples})"
             )
         if self.num_examples is not None:
-            _check_int(self.num_examples, "num_examples", 1)
-        if self.log_partition not in LOG_PARTITION_METHODS:
-            raise ValueError(f"log_partition must be one of {LOG_PARTITION_METHODS}, got {self.log_partition!r}")
-        if self.ais_schedule not in ais_lib.SCHEDULES:
-            raise ValueError(f"ais_schedule must be one of {ais_lib.SCHEDULES}, got {self.ais_schedule!r}")
+            check_int(self.num_examples, "num_examples", 1)
+        check_choice(self.log_partition, "log_partition", LOG_PARTITION_METHODS)
+        if not isinstance(self.ais, AISConfig):
+            raise TypeError(f"ais must be an AISConfig, got {type(self.ais).__name__}")
 
     def replace(self, **changes) -> "EvalConfig":
         return dataclasses.replace(self, **changes)
@@ -124,7 +116,8 @@ class EvalConfig:
 
 
 class LogPartition(NamedTuple):
-    """log Z of the RBM prior (nats): the estimate and its interval (equal to it for exact enumeration)."""
+    """log Z of an unnormalised prior as evaluation reports it (nats, floats): how it was computed, the estimate
+    and its interval (equal to it for exact enumeration; `pvpp.priors.LogPartition` holds the same as arrays)."""
 
     method: str
     estimate: float
@@ -164,14 +157,14 @@ def evaluate(
     check_log_partition_method(model_config, config.log_partition)
     root = jax.random.key(config.seed)
     start = time.perf_counter()
-    log_z = estimate_log_partition(model_config, params, config, jax.random.fold_in(root, KEY_STREAMS["ais"]))
+    log_z = estimate_log_partition(model_config, params, config, keys.stream(root, "log_partition"))
     if log_z is not None:
         logging.info(
             "log Z (%s) = %.4f in [%.4f, %.4f] (%.1f s)", log_z.method, log_z.estimate, log_z.lower, log_z.upper,
             time.perf_counter() - start,
         )
     unnormalized = importance_weighted_pass(
-        model_config, params, images, example_indices, jax.random.fold_in(root, KEY_STREAMS["iwae"]),
+        model_config, params, images, example_indices, keys.stream(root, "importance_samples"),
         num_samples=config.num_importance_samples, chunk_size=config.chunk_size, batch_size=config.batch_size,
         progress=progress,
     )
@@ -223,35 +216,20 @@ def evaluate_split(
 def estimate_log_partition(
     model_config: ModelConfig, params: Any, config: EvalConfig, key: jax.Array
 ) -> LogPartition | None:
-    """log Z of the RBM prior by `config.log_partition` ('ais' or 'exact'); None for the other priors (normalized)."""
-    if model_config.prior != "rbm":
+    """log Z of an unnormalised prior by `config.log_partition` ('ais' with `config.ais`, or 'exact'); None for
+    normalised priors."""
+    prior = make_prior(model_config)
+    prior.check_log_partition(config.log_partition)
+    result = prior.log_partition(prior.prior_params(params), key, method=config.log_partition, ais=config.ais)
+    if result is None:
         return None
-    check_log_partition_method(model_config, config.log_partition)
-    prior = rbm_params(params)
-    if config.log_partition == "exact":
-        value = float(rbm.exact_log_partition(prior))
-        return LogPartition("exact", value, value, value, None)
-    result = rbm.ais_log_partition(
-        prior, key, num_chains=config.ais_num_chains, num_betas=config.ais_num_betas,
-        sweeps_per_beta=config.ais_sweeps_per_beta, schedule=config.ais_schedule,
-    )
-    return LogPartition(
-        "ais", float(result.log_partition), float(result.log_partition_lower), float(result.log_partition_upper),
-        float(result.effective_sample_size),
-    )
+    ess = None if result.effective_sample_size is None else float(result.effective_sample_size)
+    return LogPartition(config.log_partition, float(result.estimate), float(result.lower), float(result.upper), ess)
 
 
 def check_log_partition_method(model_config: ModelConfig, method: str) -> None:
     """ValueError unless `method` can run on this model (exact enumeration needs a small RBM side)."""
-    if method not in LOG_PARTITION_METHODS:
-        raise ValueError(f"log_partition must be one of {LOG_PARTITION_METHODS}, got {method!r}")
-    if method == "exact" and model_config.prior == "rbm":
-        smaller = min(model_config.rbm_num_left, model_config.num_latents - model_config.rbm_num_left)
-        if smaller > rbm.MAX_ENUMERATED_UNITS:
-            raise ValueError(
-                f"log_partition='exact' enumerates 2^n states of the RBM's smaller side; it has n = {smaller} "
-                f"units (max {rbm.MAX_ENUMERATED_UNITS}): use log_partition='ais'"
-            )
+    make_prior(model_config).check_log_partition(method)
 
 
 def importance_weighted_pass(
@@ -345,7 +323,7 @@ def summarize(
     )
     nats = _finite_or_none(nats)
     summary: dict[str, Any] = {"num_images": int(num)}
-    if model_config.likelihood == "logistic_mixture":
+    if make_likelihood(model_config).reports_bits_per_dim:
         bits = _finite_or_none(_scaled(nats, 1.0 / (math.prod(model_config.image_shape) * math.log(2.0))))
         summary["headline"] = {"units": "bits/dim", "negative_log_likelihood": bits["negative_log_likelihood"]}
         summary.update(nats=nats, bits_per_dim=bits)
@@ -366,8 +344,6 @@ def summarize(
 
 def load_split(dataset: str, split: str, *, data_dir=None, variant=None, validation_size=None):
     """`pvpp.data.load` with the training run's data options (a `DataSplit`)."""
-    from pvpp import data
-
     return data.load(dataset, split, data_dir=data_dir, config=variant, validation_size=validation_size)
 
 
@@ -391,11 +367,9 @@ def evaluation_images(split_data, example_indices: np.ndarray, seed: int) -> tup
     split_data: a `pvpp.data.DataSplit`. Dynamic binarization -> one fixed Bernoulli(x / 255) draw per image
     from (seed, image index), see the module docstring.
     """
-    from pvpp.data import binarize_dynamically
-
     images = split_data.images[example_indices]
     if split_data.binarization == "dynamic":
-        images = binarize_dynamically(images, example_indices, seed=seed, epoch=0)
+        images = data.binarize_dynamically(images, example_indices, seed=seed, epoch=0)
         note = (
             f"fixed binarization: image i is pvpp.data.binarize_dynamically(x_i, i, seed={seed}, epoch=0), "
             "one Bernoulli(x/255) draw per pixel"
@@ -405,129 +379,6 @@ def evaluation_images(split_data, example_indices: np.ndarray, seed: int) -> tup
     else:
         note = "RGB uint8, as stored"
     return images, note
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Loading parameters
-
-
-class InferenceModel(NamedTuple):
-    """What evaluation and sampling need from a training run or an export.
-
-    model_config: the architecture. params: the 'params' collection (EMA parameters of a training run).
-    data: the run's `DataConfig.to_dict()` ({'name', 'data_dir', 'variant', 'validation_size', ...}) or None for a
-    bare export. source: where the parameters came from ({'kind', 'path', 'step'}), for the results.
-    """
-
-    model_config: ModelConfig
-    params: Any
-    data: dict[str, Any] | None
-    source: dict[str, Any]
-
-
-def load_for_inference(workdir=None, checkpoint_path=None) -> InferenceModel:
-    """Loads the parameters to evaluate or sample from (EMA parameters; see `pvpp.train` for the workdir layout).
-
-    checkpoint_path given: an export directory (`checkpoint.export_params`: the training run's
-    `<workdir>/ema_params`, or `export_for_inference`); its config is {'model': ..., ...} or a bare
-    ModelConfig dict. The workdir's config.json, if there is one, still provides the data description.
-    Otherwise workdir: `<workdir>/config.json` gives the model and data; the parameters are the newest of
-    `<workdir>/ema_params` (written at the end of training) and the EMA inside the latest checkpoint of
-    `<workdir>/checkpoints` (a run still going, or stopped before its end).
-    Raises FileNotFoundError naming what is missing.
-    """
-    from pvpp import train
-
-    if workdir is None and checkpoint_path is None:
-        raise ValueError("give a workdir or a checkpoint_path")
-    run = None
-    if workdir is not None:
-        config_path = os.path.join(os.fspath(workdir), train.CONFIG_FILENAME)
-        if os.path.exists(config_path):
-            with open(config_path, encoding="utf-8") as f:
-                run = json.load(f)
-        elif checkpoint_path is None:
-            raise FileNotFoundError(
-                f"workdir {os.fspath(workdir)!r} has no {train.CONFIG_FILENAME}: not a training workdir "
-                "(give an exported parameter directory as checkpoint_path instead)"
-            )
-    data_description = None if run is None else dict(run["data"])
-    if checkpoint_path is not None:
-        model_config, params, exported = load_exported(checkpoint_path)
-        if run is not None and ModelConfig.from_dict(run["model"]) != model_config:
-            raise ValueError(f"the parameters at {checkpoint_path} are of another model than the run in {workdir}")
-        if data_description is None and exported.get("dataset") is not None:
-            data_description = {"name": exported["dataset"]}
-        source = {"kind": "export", "path": os.path.abspath(checkpoint_path), "step": exported.get("step")}
-        return InferenceModel(model_config, params, data_description, source)
-
-    model_config = ModelConfig.from_dict(run["model"])
-    export_path = os.path.join(os.fspath(workdir), train.EMA_PARAMS_DIRNAME)
-    export_step = None
-    if os.path.exists(export_path):
-        export_step = checkpoint.load_params(export_path)[1].get("step")
-    checkpoints_path = os.path.join(os.fspath(workdir), train.CHECKPOINT_DIRNAME)
-    latest = None
-    if os.path.isdir(checkpoints_path):
-        with checkpoint.CheckpointManager(checkpoints_path, read_only=True) as manager:
-            latest = manager.latest_step()
-    if export_step is not None and (latest is None or export_step >= latest):
-        _, params, _ = load_exported(export_path)
-        source = {"kind": "ema_export", "path": os.path.abspath(export_path), "step": export_step}
-    elif latest is not None:
-        params, step = _ema_from_checkpoint(model_config, run, checkpoints_path)
-        source = {"kind": "checkpoint_ema", "path": os.path.abspath(checkpoints_path), "step": step}
-    else:
-        raise FileNotFoundError(f"workdir {os.fspath(workdir)!r} has neither {train.EMA_PARAMS_DIRNAME} nor checkpoints")
-    return InferenceModel(model_config, params, data_description, source)
-
-
-def load_exported(path) -> tuple[ModelConfig, Any, dict[str, Any]]:
-    """(model config, params, the exported config dict) from a `checkpoint.export_params` directory.
-
-    The exported config is either a dict with a `ModelConfig.to_dict()` under 'model' (training's ema_params,
-    `export_for_inference`) or that dict itself.
-    """
-    params, exported = checkpoint.load_params(path)
-    model_dict = exported.get("model", exported) if isinstance(exported, Mapping) else None
-    if not isinstance(model_dict, Mapping):
-        raise ValueError(f"the parameters exported at {path} carry no model configuration")
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    return ModelConfig.from_dict({k: v for k, v in model_dict.items() if k in fields}), params, dict(exported)
-
-
-def export_for_inference(
-    path, model_config: ModelConfig, params: Any, *, dataset: str | None, step: int | None = None, overwrite: bool = False
-) -> None:
-    """Exports parameters (e.g. EMA ones) with {'model', 'dataset', 'step'}, readable by `load_for_inference`."""
-    checkpoint.export_params(
-        path, params, {"model": model_config.to_dict(), "dataset": dataset, "step": step}, overwrite=overwrite
-    )
-
-
-def _ema_from_checkpoint(model_config: ModelConfig, run: Mapping[str, Any], directory: str) -> tuple[Any, int]:
-    """The EMA parameters inside the latest readable training checkpoint: (params, step).
-
-    The restore template is the abstract initial state of the run's own init function (`train.step_functions`),
-    as `pvpp.train` builds it when it resumes; nothing is computed or compiled.
-    """
-    from pvpp import optim, train
-
-    train_config = train.TrainConfig.from_dict(run["train"])
-    device = jax.local_devices()[0]
-    init = train.step_functions(model_config, train_config, (device,)).init
-    batch = train_config.init_batch_size or train_config.batch_size
-    images = jax.ShapeDtypeStruct((batch,) + model_config.image_shape, jnp.uint8)
-    shapes = jax.eval_shape(init, jax.random.key(train_config.seed), images)
-    sharding = jax.sharding.SingleDeviceSharding(device)
-    state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
-    position = {name: np.zeros((), np.int64) for name in ("seed", "epoch", "batch_index")}
-    with checkpoint.CheckpointManager(directory, read_only=True) as manager:
-        restored = manager.restore_latest({"train_state": state, "data_position": position})
-    if restored is None:
-        raise FileNotFoundError(f"no checkpoint in {directory}")
-    step, saved = restored
-    return optim.ema_params(saved["train_state"].opt_state), int(step)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -579,19 +430,16 @@ def _check_images(model_config: ModelConfig, images: np.ndarray, example_indices
         )
     if images.dtype != np.uint8:
         raise TypeError(f"images must be uint8 data-space pixels, got {images.dtype}")
-    if model_config.likelihood == "bernoulli" and images.size and images.max() > 1:
-        raise ValueError("the Bernoulli likelihood needs binary {0, 1} images: binarize them first (evaluation_images)")
+    highest = make_likelihood(model_config).value_range[1]
+    if images.size and images.max() > highest:
+        raise ValueError(
+            f"the {model_config.likelihood} likelihood needs pixels in 0..{highest}, got {images.max()}: "
+            "binarize them first (evaluation_images)"
+        )
     if np.shape(example_indices) != images.shape[:1]:
         raise ValueError(f"example_indices must be [N] = {images.shape[:1]}, got {np.shape(example_indices)}")
     if images.shape[0] == 0:
         raise ValueError("no images to evaluate")
-
-
-def _check_int(value, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
 def _scaled(block: Mapping[str, Any], scale: float) -> dict[str, Any]:
@@ -619,8 +467,6 @@ def _finite_or_none(block: Mapping[str, Any]) -> dict[str, Any]:
 
 def _progress_bar(total: int, enabled: bool):
     """A tqdm bar on stderr; redrawn at most every 30 s when stderr is a file (a log), not a terminal."""
-    from tqdm import tqdm
-
     interactive = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
     return tqdm(
         total=total, unit="img", desc="IWAE", disable=not enabled, dynamic_ncols=True,

@@ -13,8 +13,12 @@ Channels are autoregressive inside a pixel: mu_G += c0 * x_R; mu_B += c1 * x_R +
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
+
+from pvpp import relax
 
 # PixelCNN++'s floor on the log-scale: keeps the logistic from collapsing onto one bin with infinite density.
 MIN_LOG_SCALE = -7.0
@@ -33,8 +37,9 @@ def bernoulli_log_prob(logits: jax.Array, x: jax.Array) -> jax.Array:
 
 
 def bernoulli_sample(key: jax.Array, logits: jax.Array) -> jax.Array:
-    """A {0, 1} sample (dtype of logits) of independent Bernoullis with the given log-odds; shape of logits."""
-    return jax.random.bernoulli(key, jax.nn.sigmoid(logits)).astype(logits.dtype)
+    """A {0, 1} sample (dtype of logits) of independent Bernoullis with the given log-odds; shape of logits.
+    (pvpp's one Bernoulli sampler, `relax.bernoulli_sample`.)"""
+    return relax.bernoulli_sample(key, logits)
 
 
 def logistic_mixture_log_prob(params: jax.Array, x: jax.Array) -> jax.Array:
@@ -167,3 +172,76 @@ def _check_same_shape(a: jax.Array, b: jax.Array, name_a: str, name_b: str) -> N
         raise ValueError(f"{name_a} and {name_b} must have the same shape, got {a.shape} and {b.shape}")
     if a.ndim < 1:
         raise ValueError(f"{name_a} must have a batch axis, got shape {a.shape}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The likelihood of a model, as one object (`make_likelihood`, the only place that reads its name)
+
+LIKELIHOODS = ("bernoulli", "logistic_mixture")
+
+
+@dataclasses.dataclass(frozen=True)
+class BernoulliPixels:
+    """Binary images: data {0, 1} (uint8) <-> model space {-1, +1}; the decoder gives one logit per channel."""
+
+    num_channels: int = 1
+
+    name = "bernoulli"
+    #: Data-space pixel values (for image grids).
+    value_range = (0, 1)
+    #: Whether results are also reported in bits per dimension (the RGB convention).
+    reports_bits_per_dim = False
+
+    @property
+    def num_outputs(self) -> int:
+        return self.num_channels
+
+    def log_prob(self, outputs: jax.Array, x: jax.Array) -> jax.Array:
+        """log p(x | z) [B] nats: outputs [B, H, W, C] logits, x [B, H, W, C] in {-1, +1}."""
+        return bernoulli_log_prob(outputs, (x + 1.0) * 0.5)
+
+    def to_model_space(self, images: jax.Array) -> jax.Array:
+        return jnp.asarray(images).astype(jnp.float32) * 2.0 - 1.0
+
+    def to_data_space(self, x: jax.Array) -> jax.Array:
+        return (jnp.asarray(x) > 0).astype(jnp.uint8)
+
+
+@dataclasses.dataclass(frozen=True)
+class LogisticMixturePixels:
+    """8-bit images: data 0..255 <-> the 256-level grid of [-1, 1]; a discretized logistic mixture per pixel."""
+
+    num_channels: int = 3
+    nr_mix: int = 10
+
+    name = "logistic_mixture"
+    value_range = (0, 255)
+    reports_bits_per_dim = True
+
+    @property
+    def num_outputs(self) -> int:
+        return num_mixture_params(self.num_channels, self.nr_mix)
+
+    def log_prob(self, outputs: jax.Array, x: jax.Array) -> jax.Array:
+        """log p(x | z) [B] nats: outputs [B, H, W, (1 + 3C) nr_mix], x [B, H, W, C] on the grid."""
+        return logistic_mixture_log_prob(outputs, x)
+
+    def to_model_space(self, images: jax.Array) -> jax.Array:
+        return from_uint8(jnp.asarray(images))
+
+    def to_data_space(self, x: jax.Array) -> jax.Array:
+        return to_uint8(jnp.asarray(x))
+
+
+def make_likelihood(config) -> BernoulliPixels | LogisticMixturePixels:
+    """The likelihood of a `ModelConfig` (its `likelihood`, image channels and `nr_logistic_mix`)."""
+    channels = config.image_shape[-1]
+    if config.likelihood == "bernoulli":
+        if channels != 1:
+            raise ValueError(f"the Bernoulli likelihood needs one channel, image_shape is {config.image_shape}")
+        return BernoulliPixels(channels)
+    if config.likelihood == "logistic_mixture":
+        if channels not in (1, 3):
+            raise ValueError(f"the logistic mixture needs 1 or 3 channels, image_shape is {config.image_shape}")
+        return LogisticMixturePixels(channels, config.nr_logistic_mix)
+    raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {config.likelihood!r}")

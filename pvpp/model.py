@@ -28,15 +28,18 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from pvpp import likelihoods, relax
+from pvpp import relax
+from pvpp.likelihoods import LIKELIHOODS, make_likelihood
 from pvpp.nn.resnet import concat_elu
 from pvpp.nn.weightnorm import WNConv, WNConvTranspose, WNDense
 from pvpp.pixelcnn import NUM_STAGES, DownPath, PixelCNNPP
-from pvpp.priors import gaussian
-from pvpp.priors.rbm import RBMParams
+from pvpp.priors import PRIORS, Prior, make_prior, prior_type
+from pvpp.priors.rbm_prior import rbm_params
 
-PRIORS = ("rbm", "gaussian", "bernoulli", "none")
-LIKELIHOODS = ("bernoulli", "logistic_mixture")
+__all__ = [
+    "LIKELIHOODS", "PRIORS", "ModelConfig", "ModelOutput", "PixelVAEPP", "caltech101_config", "cifar10_config",
+    "count_params", "mnist_config", "omniglot_config", "rbm_params", "split_rbm_sides", "to_model_space",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,12 +78,7 @@ class ModelConfig:
             raise ValueError(f"image_shape H and W must be positive multiples of 4, got {self.image_shape}")
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
-        if self.likelihood == "bernoulli" and c != 1:
-            raise ValueError(f"the Bernoulli likelihood needs one channel, image_shape is {self.image_shape}")
-        if self.likelihood == "logistic_mixture" and c not in (1, 3):
-            raise ValueError(f"the logistic mixture needs 1 or 3 channels, image_shape is {self.image_shape}")
-        if self.prior not in PRIORS:
-            raise ValueError(f"prior must be one of {PRIORS}, got {self.prior!r}")
+        make_likelihood(self)  # validates the likelihood's name against the channels
         for name in ("nr_resnet", "nr_filters", "nr_logistic_mix", "encoder_filters", "latent_map_channels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -91,12 +89,7 @@ class ModelConfig:
             raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
         if not self.tau > 0:
             raise ValueError(f"tau must be > 0, got {self.tau}")
-        if self.prior != "none" and self.num_latents == 0:
-            raise ValueError(f"prior {self.prior!r} needs latents: every latent group has size 0")
-        if self.prior == "rbm" and not 0 < self.rbm_num_left < self.num_latents:
-            raise ValueError(
-                f"rbm_num_left must split the {self.num_latents} latents into two non-empty sides, got {self.rbm_num_left}"
-            )
+        make_prior(self)  # validates the prior's name and its own settings (e.g. the RBM's split)
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
@@ -115,14 +108,14 @@ class ModelConfig:
 
     @property
     def num_shared_latents(self) -> int:
-        return 0 if self.prior == "none" else self.shared_latents_per_layer * self.num_skips
+        return self.group_sizes[2]
 
     @property
     def group_sizes(self) -> tuple[int, int, int]:
-        """(|z1|, |z2|, |z3|); all zero for prior 'none'."""
-        if self.prior == "none":
+        """(|z1|, |z2|, |z3|); all zero for a prior without latents ('none')."""
+        if not prior_type(self.prior).uses_latents:
             return (0, 0, 0)
-        return (self.num_concat_latents, self.num_cond_latents, self.num_shared_latents)
+        return (self.num_concat_latents, self.num_cond_latents, self.shared_latents_per_layer * self.num_skips)
 
     @property
     def num_latents(self) -> int:
@@ -130,9 +123,7 @@ class ModelConfig:
 
     @property
     def out_channels(self) -> int:
-        if self.likelihood == "bernoulli":
-            return 1
-        return likelihoods.num_mixture_params(self.image_shape[-1], self.nr_logistic_mix)
+        return make_likelihood(self).num_outputs
 
     @property
     def latent_map_size(self) -> tuple[int, int]:
@@ -142,7 +133,7 @@ class ModelConfig:
     @property
     def num_posterior_params(self) -> int:
         """Width of `encode`'s output: K logits, or K means then K log-scales for the Gaussian prior."""
-        return 2 * self.num_latents if self.prior == "gaussian" else self.num_latents
+        return make_prior(self).posterior.params_per_latent * self.num_latents
 
 
 # The paper's configurations (section 3, appendix B). Binary data sets: 400 z1 only, RBM 200 + 200.
@@ -180,10 +171,21 @@ class PixelVAEPP(nn.Module):
 
     config: ModelConfig
 
+    @property
+    def prior(self) -> Prior:
+        """The prior object of the configuration (`pvpp.priors.make_prior`)."""
+        return make_prior(self.config)
+
+    @property
+    def likelihood(self):
+        """The pixel likelihood object of the configuration (`pvpp.likelihoods.make_likelihood`)."""
+        return make_likelihood(self.config)
+
     def setup(self):
         cfg = self.config
+        prior = self.prior
         self.decoder = PixelCNNPP(cfg.nr_resnet, cfg.nr_filters, cfg.out_channels, cfg.dropout_rate, cfg.downsample)
-        per_latent = 2 if cfg.prior == "gaussian" else 1
+        per_latent = prior.posterior.params_per_latent
         z1, z2, z3 = cfg.group_sizes
         if z1:
             self.z1_encoder = ConvEncoder(cfg.encoder_filters, per_latent * z1)
@@ -197,10 +199,9 @@ class PixelVAEPP(nn.Module):
             self.z3_maps = [
                 LatentMap(cfg.latent_map_size, size, cfg.latent_map_channels) for size in _skip_sizes(cfg)
             ]
-        if cfg.prior == "rbm":
-            self.rbm = RBMPrior(cfg.rbm_num_left, cfg.num_latents - cfg.rbm_num_left, cfg.rbm_init_scale)
-        elif cfg.prior == "bernoulli":
-            self.bernoulli_prior = BernoulliPrior(cfg.num_latents)
+        if prior.param_scope is not None:
+            # The prior's parameters live under its own name ('rbm', 'bernoulli_prior') in the parameter tree.
+            setattr(self, prior.param_scope, prior.param_module())
 
     def __call__(self, x: jax.Array, key: jax.Array, *, tau: float | jax.Array | None = None, train: bool = False) -> ModelOutput:
         """Encode, draw one reparameterised sample, decode; the down path runs once.
@@ -246,12 +247,9 @@ class PixelVAEPP(nn.Module):
         return self.decoder.up(down, cond_map=cond_map, h=h, skip_extras=extras, train=train)
 
     def prior_params(self):
-        """RBMParams ('rbm'), [K] prior logits ('bernoulli'), or None ('gaussian', 'none')."""
-        if self.config.prior == "rbm":
-            return self.rbm()
-        if self.config.prior == "bernoulli":
-            return self.bernoulli_prior()
-        return None
+        """The prior's parameters (RBMParams for 'rbm', [K] logits for 'bernoulli'), or None."""
+        scope = self.prior.param_scope
+        return None if scope is None else getattr(self, scope)()
 
     def _posterior(self, x: jax.Array, down: DownPath) -> jax.Array:
         cfg = self.config
@@ -265,21 +263,10 @@ class PixelVAEPP(nn.Module):
             parts.extend(enc(f) for enc, f in zip(self.z3_encoders, features))
         if not parts:
             return jnp.zeros((x.shape[0], 0), x.dtype)
-        if cfg.prior == "gaussian":
-            # Each encoder emits [means, log-scales] for its group; regroup as all means then all log-scales.
-            means = [p[:, : p.shape[1] // 2] for p in parts]
-            log_scales = [p[:, p.shape[1] // 2 :] for p in parts]
-            return jnp.concatenate(means + log_scales, axis=-1)
-        return jnp.concatenate(parts, axis=-1)
+        return self.prior.posterior.join(parts)  # Gaussian: [all means, all log-scales]
 
     def _reparameterised_sample(self, key: jax.Array, posterior: jax.Array, tau) -> jax.Array:
-        cfg = self.config
-        if cfg.prior == "none":
-            return posterior
-        if cfg.prior == "gaussian":
-            mean, log_scale = jnp.split(posterior, 2, axis=-1)
-            return gaussian.posterior_sample(key, mean, log_scale)
-        return relax.gumbel_sigmoid(key, posterior, tau)
+        return self.prior.posterior.relaxed_sample(key, posterior, tau)
 
     def _check_input(self, x: jax.Array) -> None:
         if x.ndim != 4 or tuple(x.shape[1:]) != self.config.image_shape:
@@ -340,47 +327,13 @@ class LatentMap(nn.Module):
         return m
 
 
-class RBMPrior(nn.Module):
-    """The RBM's parameters in the model's parameter tree; calling it returns RBMParams."""
-
-    num_left: int
-    num_right: int
-    init_scale: float = 0.01
-
-    @nn.compact
-    def __call__(self) -> RBMParams:
-        return RBMParams(
-            self.param("left_bias", nn.initializers.zeros, (self.num_left,)),
-            self.param("right_bias", nn.initializers.zeros, (self.num_right,)),
-            self.param("weights", nn.initializers.normal(self.init_scale), (self.num_left, self.num_right)),
-        )
-
-
-class BernoulliPrior(nn.Module):
-    """Learnable factorial Bernoulli prior logits [K]."""
-
-    num_latents: int
-
-    @nn.compact
-    def __call__(self) -> jax.Array:
-        return self.param("logits", nn.initializers.zeros, (self.num_latents,))
-
-
 def to_model_space(config: ModelConfig, images: jax.Array) -> jax.Array:
     """Data -> model space [-1, 1]: binary {0, 1} -> {-1, +1}; uint8 0..255 -> the 256-level grid."""
-    if config.likelihood == "bernoulli":
-        return images.astype(jnp.float32) * 2.0 - 1.0
-    return likelihoods.from_uint8(images)
-
-
-def rbm_params(params: dict) -> RBMParams:
-    """The RBM inside a PixelVAEPP parameter tree (the 'params' collection)."""
-    rbm = params["rbm"]
-    return RBMParams(rbm["left_bias"], rbm["right_bias"], rbm["weights"])
+    return make_likelihood(config).to_model_space(images)
 
 
 def split_rbm_sides(config: ModelConfig, z: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """z [..., K] -> (z_left [..., rbm_num_left], z_right [..., K - rbm_num_left])."""
+    """z [..., K] -> (z_left [..., rbm_num_left], z_right [..., K - rbm_num_left]) of an RBM prior."""
     return z[..., : config.rbm_num_left], z[..., config.rbm_num_left :]
 
 

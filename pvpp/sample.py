@@ -50,10 +50,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pvpp import likelihoods, relax
-from pvpp.model import ModelConfig, PixelVAEPP, rbm_params
-from pvpp.priors import bernoulli as bernoulli_prior
-from pvpp.priors import gaussian, rbm
+from pvpp import images as image_io
+from pvpp import keys, likelihoods
+from pvpp.likelihoods import make_likelihood
+from pvpp.model import ModelConfig, PixelVAEPP
+from pvpp.priors import make_prior
+from pvpp.validation import check_int
 
 LIKELIHOODS = ("bernoulli", "logistic_mixture")
 
@@ -282,9 +284,8 @@ def _check_decoder_output(out_shape: tuple[int, ...], shape: tuple[int, ...], li
 # built once per configuration (cached), so every call with the same configuration and batch shape reuses
 # one compiled sampler. The down path depends on x and reruns for every pixel. The N * S images are decoded
 # `batch_size` at a time (the last batch padded with copies of its last latent); decode batch b uses the key
-# fold_in(key, b), so the images depend on batch_size (recorded with them).
-
-GENERATION_STREAMS = {"prior_latents": 0, "prior_decode": 1, "posterior_latents": 2, "reconstruction_decode": 3}
+# fold_in(key, b), so the images depend on batch_size (recorded with them). Randomness follows `pvpp.keys`:
+# the streams 'prior_latents', 'prior_decode', 'posterior_latents' and 'reconstruction_decode' of the root key.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,11 +314,7 @@ class SampleConfig:
             ("num_latents", 1), ("decodes_per_latent", 1), ("num_reconstructions", 0), ("decodes_per_image", 1),
             ("num_gibbs_sweeps", 1), ("batch_size", 1), ("seed", 0), ("upscale", 1),
         ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-            if value < minimum:
-                raise ValueError(f"{name} must be >= {minimum}, got {value}")
+            check_int(getattr(self, name), name, minimum)
 
     def replace(self, **changes) -> "SampleConfig":
         return dataclasses.replace(self, **changes)
@@ -345,19 +342,13 @@ def _model_decoder(config: ModelConfig) -> Callable[..., jax.Array]:
 
 
 def prior_latents(config: ModelConfig, params: Any, key: jax.Array, num: int, *, num_gibbs_sweeps: int) -> jax.Array:
-    """num latent vectors [num, K] from the prior ('params' collection of a PixelVAEPP).
+    """num latent vectors [num, K] from the prior ('params' collection of a PixelVAEPP), by `Prior.sample`.
 
     RBM: `num` independent block-Gibbs chains from uniformly random states, `num_gibbs_sweeps` sweeps each;
     z = [z_left, z_right] in {0, 1}. Gaussian: N(0, I). Factorial Bernoulli: exact samples. 'none': [num, 0].
     """
-    if config.prior == "rbm":
-        z_left, z_right = rbm.sample(rbm_params(params), key, num, num_gibbs_sweeps)
-        return jnp.concatenate([z_left, z_right], axis=-1)
-    if config.prior == "gaussian":
-        return gaussian.sample(key, config.num_latents, (num,))
-    if config.prior == "bernoulli":
-        return bernoulli_prior.sample(key, params["bernoulli_prior"]["logits"], (num,))
-    return jnp.zeros((num, 0), jnp.float32)
+    prior = make_prior(config)
+    return prior.sample(prior.prior_params(params), key, num, num_sweeps=num_gibbs_sweeps)
 
 
 def posterior_latents(config: ModelConfig, variables: Any, x: jax.Array, key: jax.Array) -> jax.Array:
@@ -366,12 +357,7 @@ def posterior_latents(config: ModelConfig, variables: Any, x: jax.Array, key: ja
     Binary latents: a hard Bernoulli sample (not the relaxation). Gaussian: z = mean + sigma * eps. 'none': [N, 0].
     """
     posterior = _encode(config.replace(dropout_rate=0.0), variables, x)
-    if config.prior == "none":
-        return posterior
-    if config.prior == "gaussian":
-        mean, log_scale = jnp.split(posterior, 2, axis=-1)
-        return gaussian.posterior_sample(key, mean, log_scale)
-    return relax.bernoulli_sample(key, posterior)
+    return make_prior(config).posterior.sample(key, posterior)
 
 
 def decode_latents(
@@ -404,11 +390,11 @@ def generate_from_prior(
     'order' is the energy-distance row order (`sort_by_energy_distance`); images[order] is the sorted figure.
     """
     z = prior_latents(
-        config, params, jax.random.fold_in(key, GENERATION_STREAMS["prior_latents"]), sample_config.num_latents,
+        config, params, keys.stream(key, "prior_latents"), sample_config.num_latents,
         num_gibbs_sweeps=sample_config.num_gibbs_sweeps,
     )
     images = decode_latents(
-        config, {"params": params}, z, jax.random.fold_in(key, GENERATION_STREAMS["prior_decode"]),
+        config, {"params": params}, z, keys.stream(key, "prior_decode"),
         decodes_per_latent=sample_config.decodes_per_latent, batch_size=sample_config.batch_size,
     )
     _, order = sort_by_energy_distance(images)
@@ -420,12 +406,12 @@ def reconstruct(
 ) -> dict[str, np.ndarray]:
     """Reconstructions (Figures 2-4) of x [N, H, W, C] (model space): {'latents' [N, K], 'images' [N, S, H, W, C],
     'order' [N]}: one z ~ q(z | x) per image, decoded S = decodes_per_image times."""
-    if config.prior == "none":
-        raise ValueError("prior 'none' (plain PixelCNN++) has no latents to reconstruct from")
+    if not make_prior(config).num_latents:
+        raise ValueError(f"prior {config.prior!r} (plain PixelCNN++) has no latents to reconstruct from")
     variables = {"params": params}
-    z = posterior_latents(config, variables, x, jax.random.fold_in(key, GENERATION_STREAMS["posterior_latents"]))
+    z = posterior_latents(config, variables, x, keys.stream(key, "posterior_latents"))
     images = decode_latents(
-        config, variables, z, jax.random.fold_in(key, GENERATION_STREAMS["reconstruction_decode"]),
+        config, variables, z, keys.stream(key, "reconstruction_decode"),
         decodes_per_latent=sample_config.decodes_per_image, batch_size=sample_config.batch_size,
     )
     _, order = sort_by_energy_distance(images)
@@ -434,10 +420,7 @@ def reconstruct(
 
 def to_data_space(config: ModelConfig, x) -> np.ndarray:
     """Model-space images ([-1, 1]) -> uint8 data space: {0, 1} for the Bernoulli likelihood, 0..255 for RGB."""
-    x = jnp.asarray(x)
-    if config.likelihood == "bernoulli":
-        return np.asarray(x > 0, np.uint8)
-    return np.asarray(likelihoods.to_uint8(x))
+    return np.asarray(make_likelihood(config).to_data_space(x))
 
 
 def save_figures(
@@ -453,13 +436,11 @@ def save_figures(
     reconstruction_latents, reconstruction_inputs [N, H, W, C], reconstruction_images, reconstruction_order,
     plus `extra_arrays`. Binary images are drawn white (1) on black (0).
     """
-    from pvpp import images as image_io
-
     output_dir = os.fspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     paths: dict[str, str] = {}
     arrays: dict[str, np.ndarray] = dict(extra_arrays or {})
-    value_range = (0, 1) if config.likelihood == "bernoulli" else (0, 255)
+    value_range = make_likelihood(config).value_range
     if prior is not None:
         pixels = to_data_space(config, prior["images"])  # [R, S, H, W, C]
         for name, rows in (("prior_samples", pixels), ("prior_samples_sorted", pixels[prior["order"]])):

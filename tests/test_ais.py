@@ -50,7 +50,7 @@ def test_ais_matches_exact_log_partition_on_random_rbms(num_left, num_right, sca
     params = _random_params(num_left + int(10 * scale), num_left, num_right, scale)
     exact = _exact(params)
     annealed = rbm.swap_sides(params) if swap else params
-    result = rbm.ais_log_partition(annealed, jax.random.key(0), num_chains=500, num_betas=1000)
+    result = ais.ais_log_partition(annealed, jax.random.key(0), num_chains=500, num_betas=1000)
     assert abs(float(result.log_partition) - exact) < 0.05
     assert float(result.log_partition_lower) <= exact <= float(result.log_partition_upper)
     assert 1.0 <= float(result.effective_sample_size) <= 500.0
@@ -69,7 +69,7 @@ def _mode_index(z_left, patterns_left):
 def test_ais_default_base_finds_every_mode_of_a_planted_rbm():
     params, patterns_left = _planted_params(2, 16, 100, 3, 0.1)
     exact = _exact(params)
-    result = rbm.ais_log_partition(params, jax.random.key(0), num_chains=500, num_betas=1000)
+    result = ais.ais_log_partition(params, jax.random.key(0), num_chains=500, num_betas=1000)
     assert abs(float(result.log_partition) - exact) < 0.1
     assert float(result.log_partition_lower) <= exact <= float(result.log_partition_upper)
     assert set(_mode_index(result.z_left, patterns_left)) == set(range(6))
@@ -83,7 +83,7 @@ def test_ais_base_on_one_mode_misses_the_others_with_a_narrow_interval():
     params, patterns_left = _planted_params(2, 16, 100, 3, 0.1)
     exact = _exact(params)
     one_mode_base = jnp.asarray(8.0 * patterns_left[0], jnp.float32)
-    result = rbm.ais_log_partition(
+    result = ais.ais_log_partition(
         params, jax.random.key(0), num_chains=500, num_betas=1000, base_left_bias=one_mode_base
     )
     assert set(_mode_index(result.z_left, patterns_left)) == {0}
@@ -99,7 +99,7 @@ def test_log_weights_stay_accurate_in_float32_over_10000_temperatures():
     difference of log f values drifts to ~2e-3 here."""
     params = rbm.RBMParams(*(2.0 * v for v in _random_params(11, 20, 200, 0.3)))
     base = jnp.asarray(np.random.default_rng(12).normal(size=20), jnp.float32)
-    result = rbm.ais_log_partition(
+    result = ais.ais_log_partition(
         params, jax.random.key(1), num_chains=64, num_betas=10_000, sweeps_per_beta=0, base_left_bias=base
     )
     a, b, w, a0 = (np.asarray(v, np.float64) for v in (*params, base))
@@ -111,7 +111,7 @@ def test_log_weights_stay_accurate_in_float32_over_10000_temperatures():
 
 def test_final_samples_are_a_weighted_sample_of_the_rbm():
     params = _random_params(13, 8, 10, 0.6)
-    result = rbm.ais_log_partition(params, jax.random.key(2), num_chains=2000, num_betas=200)
+    result = ais.ais_log_partition(params, jax.random.key(2), num_chains=2000, num_betas=200)
     with jax.enable_x64(True):
         params64 = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), params)
         moments = jax.grad(rbm.exact_log_partition)(params64)  # E[zL], E[zR], E[zL zR^T]
@@ -139,18 +139,18 @@ def test_bad_input_raises_clear_errors():
     params = _random_params(0, 4, 6, 0.3)
     key = jax.random.key(0)
     with pytest.raises(ValueError, match="num_chains must be >= 1, got 0"):
-        rbm.ais_log_partition(params, key, num_chains=0, num_betas=10)
+        ais.ais_log_partition(params, key, num_chains=0, num_betas=10)
     with pytest.raises(ValueError, match="num_betas must be >= 2, got 1"):
-        rbm.ais_log_partition(params, key, num_chains=4, num_betas=1)
+        ais.ais_log_partition(params, key, num_chains=4, num_betas=1)
     with pytest.raises(ValueError, match=r"base_left_bias must have shape \[nL\] = \[4\].*got \(6,\)"):
-        rbm.ais_log_partition(params, key, num_chains=4, num_betas=10, base_left_bias=jnp.zeros(6))
+        ais.ais_log_partition(params, key, num_chains=4, num_betas=10, base_left_bias=jnp.zeros(6))
     with pytest.raises(ValueError, match="base_left_bias .* non-finite"):
-        rbm.ais_log_partition(params, key, num_chains=4, num_betas=10, base_left_bias=jnp.full(4, jnp.nan))
+        ais.ais_log_partition(params, key, num_chains=4, num_betas=10, base_left_bias=jnp.full(4, jnp.nan))
     with pytest.raises(ValueError, match=r"weights \(4, 6\) contains non-finite"):
-        rbm.ais_log_partition(
+        ais.ais_log_partition(
             params._replace(weights=params.weights.at[1, 2].set(jnp.inf)), key, num_chains=4, num_betas=10
         )
     with pytest.raises(ValueError, match=r"right_bias \(5,\).*weights \(4, 6\)"):
-        rbm.ais_log_partition(params._replace(right_bias=jnp.zeros(5)), key, num_chains=4, num_betas=10)
+        ais.ais_log_partition(params._replace(right_bias=jnp.zeros(5)), key, num_chains=4, num_betas=10)
     with pytest.raises(ValueError, match="schedule must be one of"):
-        rbm.ais_log_partition(params, key, num_chains=4, num_betas=10, schedule="cosine")
+        ais.ais_log_partition(params, key, num_chains=4, num_betas=10, schedule="cosine")

@@ -13,7 +13,7 @@ import pytest
 from absl import app
 
 from helpers import random_variables
-from pvpp import data, evaluate, optim, train
+from pvpp import data, evaluate, keys, optim, train, workdir as workdir_files
 from pvpp.experiments import evaluate as evaluate_command
 from pvpp.model import ModelConfig, PixelVAEPP, rbm_params, to_model_space
 from pvpp.pixelcnn import PixelCNNPP
@@ -89,7 +89,7 @@ def trained(tmp_path_factory, data_dir):
     )
     train.run_training(TRAINED_CONFIG, train_config, train_data, eval_data, workdir,
                        data_description={"name": "caltech101_silhouettes", "data_dir": str(data_dir)})
-    inference = evaluate.load_for_inference(workdir)
+    inference = workdir_files.load_for_inference(workdir)
     return workdir, inference, test_data.images[:NUM_TEST]
 
 
@@ -102,7 +102,7 @@ def evaluations(trained):
     def run(k, chunk, log_partition="exact"):
         if (k, chunk, log_partition) not in done:
             config = evaluate.EvalConfig(num_importance_samples=k, chunk_size=chunk, batch_size=4,
-                                         log_partition=log_partition, ais_num_chains=100, ais_num_betas=1000)
+                                         log_partition=log_partition, ais=train.AISConfig(num_chains=100, num_betas=1000))
             done[k, chunk, log_partition] = evaluate.evaluate(
                 inference.model_config, inference.params, images, np.arange(NUM_TEST), config
             )
@@ -177,7 +177,7 @@ def test_ais_log_partition_interval_covers_the_exact_one(trained, enumerated, ev
     assert exact_log_z["method"] == "exact" and exact_log_z["lower"] == exact_log_z["upper"] == exact_log_z["estimate"]
     np.testing.assert_allclose(exact_log_z["estimate"], enumerated["log_z"], rtol=1e-6)
     # The same evaluation with log Z from AIS at the evaluation setting (same samples: only log Z differs).
-    config = evaluate.EvalConfig(log_partition="ais", ais_num_chains=100, ais_num_betas=1000)
+    config = evaluate.EvalConfig(log_partition="ais", ais=train.AISConfig(num_chains=100, num_betas=1000))
     ais = evaluate.estimate_log_partition(inference.model_config, inference.params, config, jax.random.key(0))
     assert ais.method == "ais" and ais.lower <= exact_log_z["estimate"] <= ais.upper, (ais, exact_log_z)
     assert ais.upper - ais.lower < 0.1
@@ -252,7 +252,7 @@ def test_command_is_deterministic_and_image_estimates_do_not_depend_on_the_batch
     test_images = data.load("caltech101_silhouettes", "test", data_dir=data_dir).images
     reversed_run = evaluate.importance_weighted_pass(
         inference.model_config, inference.params, test_images[indices[::-1]], indices[::-1],
-        jax.random.fold_in(jax.random.key(4), evaluate.KEY_STREAMS["iwae"]), num_samples=1, chunk_size=1,
+        keys.stream(jax.random.key(4), "importance_samples"), num_samples=1, chunk_size=1,
         batch_size=4,
     )
     np.testing.assert_allclose(reversed_run["log_likelihood_unnormalized"][::-1],
@@ -264,7 +264,7 @@ def test_workdir_without_export_gives_the_ema_of_the_latest_checkpoint(trained, 
     assert inference.source["kind"] == "ema_export" and inference.source["step"] == 150
     copy = tmp_path / "run"
     shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns(train.EMA_PARAMS_DIRNAME))
-    from_checkpoint = evaluate.load_for_inference(str(copy))
+    from_checkpoint = workdir_files.load_for_inference(str(copy))
     assert from_checkpoint.source["kind"] == "checkpoint_ema" and from_checkpoint.source["step"] == 150
     assert from_checkpoint.model_config == inference.model_config
     assert from_checkpoint.data["name"] == "caltech101_silhouettes"

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from helpers import random_variables
-from pvpp import data, evaluate, likelihoods, sample
+from pvpp import data, likelihoods, sample, workdir as workdir_files
 from pvpp.experiments import sample as sample_command
 from pvpp.model import ModelConfig, PixelVAEPP
 
@@ -115,7 +115,7 @@ def test_sample_command_writes_grids_that_show_the_saved_arrays(tmp_path, data_d
     x = jnp.asarray(test_images[:8], jnp.float32) * 2.0 - 1.0
     params = random_variables(lambda x: model.init(jax.random.key(0), x, jax.random.key(1)), x)["params"]
     export = tmp_path / "export"
-    evaluate.export_for_inference(export, config, params, dataset="caltech101_silhouettes")
+    workdir_files.export_for_inference(export, config, params, dataset="caltech101_silhouettes")
     out = tmp_path / "figures"
     rows, decodes, upscale, padding = 2, 2, 1, 2
     argv = [

@@ -9,6 +9,8 @@ import pytest
 
 from helpers import random_variables
 from pvpp import objectives, relax
+from pvpp.likelihoods import make_likelihood
+from pvpp.priors import make_prior, rbm_prior
 from pvpp.model import ModelConfig, ModelOutput, PixelVAEPP, rbm_params, split_rbm_sides
 from pvpp.priors import rbm
 
@@ -95,17 +97,17 @@ def test_relaxed_loss_tends_to_the_discrete_negative_elbo():
     model, variables, x = _random_model()
     prior = rbm_params(variables["params"])
     log_z = rbm.exact_log_partition(prior)
-    negative = objectives.exact_negative_phase(prior)
+    negative = rbm_prior.exact_negative_phase(prior)
     key = jax.random.key(7)
 
     @jax.jit
     def both(variables):
         out = model.apply(variables, x, key, tau=1e-4)
-        relaxed, metrics = objectives.relaxed_elbo_loss(TINY, out, x, beta_kl=1.0, negative_phase=negative, log_partition=log_z)
+        relaxed, metrics = objectives.relaxed_elbo_loss(make_prior(TINY), make_likelihood(TINY), out, x, beta_kl=1.0, negative_phase=negative, log_partition=log_z)
         # The same noise with tau -> 0 is the hard sample.
         logits = model.apply(variables, x, method=PixelVAEPP.encode)
         z = relax.hard_from_noise(logits, relax.logistic_noise(key, logits.shape))
-        log_px = objectives.decoder_log_prob(TINY, model.apply(variables, x, z, method=PixelVAEPP.decode), x)
+        log_px = make_likelihood(TINY).log_prob(model.apply(variables, x, z, method=PixelVAEPP.decode), x)
         z_left, z_right = split_rbm_sides(TINY, z)
         elbo = log_px - rbm.energy(prior, z_left, z_right) - log_z - relax.proxy_log_q(z, logits)
         return relaxed, -jnp.mean(elbo), out.latents
@@ -117,12 +119,12 @@ def test_relaxed_loss_tends_to_the_discrete_negative_elbo():
 
 def test_rbm_gradient_is_positive_minus_negative_phase():
     model, variables, x = _random_model()
-    negative = objectives.exact_negative_phase(rbm_params(variables["params"]))
+    negative = rbm_prior.exact_negative_phase(rbm_params(variables["params"]))
     key = jax.random.key(8)
 
     def loss(params):
         out = model.apply({"params": params}, x, key)
-        return objectives.relaxed_elbo_loss(TINY, out, x, beta_kl=0.7, negative_phase=negative)[0], out.latents
+        return objectives.relaxed_elbo_loss(make_prior(TINY), make_likelihood(TINY), out, x, beta_kl=0.7, negative_phase=negative)[0], out.latents
 
     grads, zeta = jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
     zl, zr = split_rbm_sides(TINY, np.asarray(zeta, np.float64))
@@ -153,13 +155,13 @@ def test_encoder_gets_path_derivatives_only(prior):
     if prior == "rbm":
         left, right = split_rbm_sides(config, logits[0])
         prior_params = rbm.RBMParams(left, right, jnp.zeros((left.shape[0], right.shape[0])))
-        extra = dict(negative_phase=objectives.exact_negative_phase(prior_params), log_partition=rbm.exact_log_partition(prior_params))
+        extra = dict(negative_phase=rbm_prior.exact_negative_phase(prior_params), log_partition=rbm.exact_log_partition(prior_params))
     else:
         prior_params, extra = logits[0], {}
 
     def loss(l, key, tau):
         out = ModelOutput(l, relax.gumbel_sigmoid(key, l, tau), decoder_out, prior_params)
-        return objectives.relaxed_elbo_loss(config, out, x, **extra)[0]
+        return objectives.relaxed_elbo_loss(make_prior(config), make_likelihood(config), out, x, **extra)[0]
 
     def with_score_term(l, key, tau):
         zeta = relax.gumbel_sigmoid(key, l, tau)
@@ -174,13 +176,13 @@ def test_encoder_gets_path_derivatives_only(prior):
 
 def test_kl_weight_scales_only_the_kl_term():
     model, variables, x = _random_model()
-    negative = objectives.exact_negative_phase(rbm_params(variables["params"]))
+    negative = rbm_prior.exact_negative_phase(rbm_params(variables["params"]))
     out = jax.jit(lambda v: model.apply(v, x, jax.random.key(5)))(variables)
-    loss_half, m_half = objectives.relaxed_elbo_loss(TINY, out, x, beta_kl=0.5, negative_phase=negative)
-    loss_one, m_one = objectives.relaxed_elbo_loss(TINY, out, x, beta_kl=1.0, negative_phase=negative)
+    loss_half, m_half = objectives.relaxed_elbo_loss(make_prior(TINY), make_likelihood(TINY), out, x, beta_kl=0.5, negative_phase=negative)
+    loss_one, m_one = objectives.relaxed_elbo_loss(make_prior(TINY), make_likelihood(TINY), out, x, beta_kl=1.0, negative_phase=negative)
     np.testing.assert_allclose(m_half["reconstruction"], m_one["reconstruction"])
     np.testing.assert_allclose(m_half["kl"], m_one["kl"])
     np.testing.assert_allclose(loss_one, m_one["reconstruction"] + m_one["kl"], rtol=1e-5)
     np.testing.assert_allclose(loss_half, m_one["reconstruction"] + 0.5 * m_one["kl"], rtol=1e-5)
     with pytest.raises(ValueError, match="negative_phase"):
-        objectives.relaxed_elbo_loss(TINY, out, x)
+        objectives.relaxed_elbo_loss(make_prior(TINY), make_likelihood(TINY), out, x)

@@ -28,7 +28,8 @@ def test_notebook_section_runs_and_gives_sane_results(capsys):
     assert z_left.shape == (5, 8) and z_right.shape == (5, 8)
     assert set(np.unique(np.asarray(z_left))) <= {0.0, 1.0}
     # AIS agrees with the exact log Z of this small RBM, and the likelihood is a finite negative number of nats.
-    assert abs(float(namespace["ais"].log_partition) - float(namespace["log_z"])) < 0.05
+    assert abs(float(namespace["estimate"].log_partition) - float(namespace["log_z"])) < 0.05
     ll = namespace["result"]["log_likelihood"]
     assert ll.shape == (4,) and bool(jnp.all(jnp.isfinite(ll))) and bool(jnp.all(ll < 0))
+    assert namespace["z_prior"].shape == (5, 16)
     assert "[" in capsys.readouterr().out

@@ -141,17 +141,19 @@ def test_workdir_of_another_model_is_refused_untouched(reference, tmp_path):
 # The step on 1 and 8 devices
 
 
-def test_eight_devices_make_the_update_of_one_device_with_the_whole_batch():
-    """8 devices x 1 image == 1 device x 8 images (dropout off): same latent noise per global example index,
-    gradients averaged with pmean, chains advanced with the same key everywhere."""
+@pytest.mark.parametrize("prior", ["rbm", "gaussian", "bernoulli", "none"])
+def test_eight_devices_make_the_update_of_one_device_with_the_whole_batch(prior):
+    """8 devices x 1 image == 1 device x 8 images (dropout off), for every prior: same latent noise per global
+    example index, gradients averaged with pmean, the RBM's chains advanced with the same key everywhere."""
     assert jax.local_device_count() == 8
+    model = MODEL.replace(prior=prior)
     images, _ = synthetic_splits()
     batches = [images.images[8 * i : 8 * (i + 1)] for i in range(2)]
     root = jax.random.key(TRAIN.seed)
     results = {}
     for num_devices in (1, 8):
         devices = tuple(jax.local_devices()[:num_devices])
-        fns = train.step_functions(MODEL, TRAIN, devices)
+        fns = train.step_functions(model, TRAIN, devices)
         sharding = train.device_sharding(devices)
         state = train.replicate(fns.init(root, batches[0]), sharding)
         losses = []
@@ -168,11 +170,23 @@ def test_eight_devices_make_the_update_of_one_device_with_the_whole_batch():
     (state_1, losses_1), (state_8, losses_8) = results[1], results[8]
     np.testing.assert_allclose(losses_8, np.broadcast_to(losses_1[:, :1], losses_8.shape), rtol=1e-5)
     assert_states_equal(state_8, state_1, exact=False)
-    # The chains saw identical parameters and keys: they agree exactly.
-    np.testing.assert_array_equal(state_8.chains.z_left, state_1.chains.z_left)
-    # Sanity: the step did change the parameters.
+    assert (state_1.chains is not None) == (prior == "rbm")
+    if prior == "rbm":  # the chains saw identical parameters and keys: they agree exactly
+        np.testing.assert_array_equal(state_8.chains.z_left, state_1.chains.z_left)
+    # Sanity: the step did change the parameters, the prior's own included.
     init = fns.init(root, batches[0])
-    assert not np.allclose(state_1.params["rbm"]["weights"], init.params["rbm"]["weights"])
+    changed = jax.tree.map(lambda a, b: not np.allclose(a, b), state_1.params, init.params)
+    assert any(jax.tree.leaves(changed["decoder"]))
+    if prior in ("rbm", "bernoulli"):
+        assert any(jax.tree.leaves(changed["rbm" if prior == "rbm" else "bernoulli_prior"]))
+
+
+def test_the_train_step_is_traced_once_per_configuration(reference, tmp_path):
+    """A recompilation check (as chex.assert_max_traces): two runs of one configuration in one process, 6 + 4
+    steps with evaluations, trace the compiled train and evaluation steps once."""
+    run(tmp_path, num_steps=4)
+    traces = train.step_functions(MODEL, TRAIN, tuple(jax.local_devices()[:1])).traces()
+    assert traces["train"] == 1 and traces["evaluate"] == 1, traces
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ import numpy as np
 from pvpp import evaluate
 from pvpp.bench.common import log, machine_info, timed, write_result
 from pvpp.model import PixelVAEPP, mnist_config, rbm_params
-from pvpp.priors import rbm
+from pvpp.priors import ais
 
 TEST_SET_SIZES = {"caltech101_silhouettes": 2307, "mnist": 10000}
 EVAL_AIS_BETAS = 10000
@@ -87,7 +87,7 @@ def _run(config, batch_size, num_samples, chunk_size, target_samples, ais_betas,
     ais_chains = 100 if quick else EVAL_AIS_CHAINS
 
     def run_ais(seed):
-        result = rbm.ais_log_partition(prior, jax.random.key(seed), num_chains=ais_chains, num_betas=ais_betas)
+        result = ais.ais_log_partition(prior, jax.random.key(seed), num_chains=ais_chains, num_betas=ais_betas)
         return result.log_partition
 
     _, ais_compile_seconds = timed(lambda: run_ais(0))

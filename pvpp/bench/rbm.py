@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pvpp.bench.common import machine_info, write_result
-from pvpp.priors import rbm
+from pvpp.priors import ais, rbm
 
 _NUM_CHAINS = 1000
 
@@ -177,7 +177,7 @@ def _ais_rbms(quick: bool):
 def _ais_run(name, params, exact, exact_seconds, setting, num_betas) -> dict:
     num_chains = 500
     run = lambda key: jax.block_until_ready(
-        rbm.ais_log_partition(params, key, num_chains=num_chains, num_betas=num_betas)
+        ais.ais_log_partition(params, key, num_chains=num_chains, num_betas=num_betas)
     )
     run(jax.random.key(0))  # compile
     result, seconds = _timed(lambda: run(jax.random.key(1)))

@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(runs))
         return {"runs": runs}
 
+    # Imported here, not at the top: this parent process only launches workers, and the workers must set the
+    # CPU device count before anything that may start jax's backend is imported (see `_worker`).
     from pvpp.bench.common import log, machine_info, write_result
 
     runs = []
@@ -70,6 +72,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _worker(num_devices: int, names: list[str], steps: int) -> list[dict]:
     """Runs in a subprocess: set the CPU device count before jax starts, then time each configuration."""
+    # Function-level imports on purpose: the device count must be set before any module that might start the
+    # backend is imported.
     import jax
 
     jax.config.update("jax_num_cpu_devices", num_devices)

@@ -11,7 +11,8 @@ Directories:
   source file is checked against the canonical checksums first, so copies prepared from different folders hold
   the same data.
 
-Splits (`SPLITS`): "train", "validation", "test" and "train+validation".
+Splits (`SPLITS`, defined in `pvpp.data.catalog` with `DATASET_NAMES` and `DataSplit`): "train", "validation",
+"test" and "train+validation".
 - binarized_mnist, caltech101_silhouettes: the sources' own train / validation / test (50k/10k/10k,
   4100/2264/2307).
 - mnist: the last `validation_size` (default 10,000) of the 60k training images are the validation split and
@@ -35,10 +36,17 @@ import pathlib
 import numpy as np
 import tensorflow_datasets as tfds
 
+try:
+    import fcntl  # POSIX only: elsewhere data preparation runs without the inter-process lock
+except ImportError:
+    fcntl = None
+
 from pvpp.data import builders
 from pvpp.data import sources
+from pvpp.data.catalog import DATASET_NAMES
+from pvpp.data.catalog import SPLITS
+from pvpp.data.catalog import DataSplit
 
-SPLITS = ("train", "validation", "test", "train+validation")
 DEFAULT_PREPARED_DIR = pathlib.Path("~/.cache/pvpp/tfds")
 _READ_CHUNK = 4096  # records decoded per data-source call when loading a split into memory
 
@@ -60,27 +68,8 @@ DATASETS = {
     "omniglot": DatasetSpec(builders.PvppOmniglot, "dynamic", has_validation=False),
     "cifar10": DatasetSpec(builders.PvppCifar10, "none", has_validation=False),
 }
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class DataSplit:
-    """One split in memory.
-
-    images: uint8 [N, H, W, C], upright, in source order (see the module docstring for the pixel meaning).
-    labels: int64 [N], or None where the source has none (binarized_mnist, omniglot from chardata.mat).
-    binarization: "dynamic", "static" or "none" (see `DatasetSpec`).
-    note: empty, or a statement of how this data deviates from the paper's protocol.
-    """
-
-    name: str
-    split: str
-    images: np.ndarray
-    labels: np.ndarray | None
-    binarization: str
-    note: str = ""
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
+if tuple(DATASETS) != DATASET_NAMES:  # the light catalog names the same data sets, in the same order
+    raise RuntimeError(f"DATASETS {tuple(DATASETS)} and catalog.DATASET_NAMES {DATASET_NAMES} disagree")
 
 
 def load(
@@ -164,9 +153,7 @@ def prepare(
 @contextlib.contextmanager
 def _exclusive(lock_path: pathlib.Path):
     """An advisory inter-process lock on `lock_path` (POSIX flock; no locking where fcntl is unavailable)."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: run unlocked
+    if fcntl is None:  # not POSIX: run unlocked
         yield
         return
     with open(lock_path, "a") as handle:

@@ -9,7 +9,7 @@ their defaults - and calls `launch`:
 
 Every other default lives in the flag definitions below, taken from the dataclass defaults of `TrainConfig`,
 `OptimConfig` and `AISConfig`. `configs_from_flags` validates the flags (each error names its flag) before
-anything is written; `main` then hands the configs to `pvpp.train.train_and_evaluate`. Below this module only
+anything is written; `main` then hands the configs to `pvpp.training.loop.train_and_evaluate`. Below this module only
 explicit values travel: nothing under pvpp/ except pvpp/experiments reads flags.
 """
 
@@ -24,10 +24,13 @@ from collections.abc import Sequence
 import jax
 from absl import app, flags, logging
 
-from pvpp import data, train
+from pvpp import data
 from pvpp.model import PRIORS, ModelConfig
 from pvpp.optim import OptimConfig
-from pvpp.train import NEGATIVE_PHASES, AISConfig, DataConfig, TrainConfig
+from pvpp.priors import AISConfig
+from pvpp.priors.base import NEGATIVE_PHASES
+from pvpp.training.config import DataConfig, TrainConfig
+from pvpp.training.loop import train_and_evaluate
 
 FLAGS = flags.FLAGS
 
@@ -64,7 +67,7 @@ def main(argv: Sequence[str], *, model_defaults: ModelConfig) -> None:
         )
     _quiet_orbax_info()
     model_config, train_config, data_config, workdir = configs_from_flags(FLAGS, model_defaults)
-    train.train_and_evaluate(model_config, train_config, data_config, workdir)
+    train_and_evaluate(model_config, train_config, data_config, workdir)
 
 
 def define_flags(
@@ -72,14 +75,14 @@ def define_flags(
 ) -> None:
     """Defines every training flag on `flag_values` (a fresh `flags.FlagValues()` in tests).
 
-    datasets: the `pvpp.data.DATASETS` names the entry point accepts; with more than one, `--dataset` chooses
+    datasets: the `pvpp.data.DATASET_NAMES` the entry point accepts; with more than one, `--dataset` chooses
     (default: the first). model_defaults: the paper's configuration for these data (image shape, likelihood
     and the defaults of the model flags).
     """
     datasets = tuple(datasets)
-    unknown = [name for name in datasets if name not in data.DATASETS]
+    unknown = [name for name in datasets if name not in data.DATASET_NAMES]
     if not datasets or unknown:
-        raise ValueError(f"datasets must be names of pvpp.data.DATASETS, got {datasets}")
+        raise ValueError(f"datasets must be names of pvpp.data.DATASET_NAMES, got {datasets}")
     train = _defaults(TrainConfig)
     optim = _defaults(OptimConfig)
     negative_ais, log_z_ais = train["negative_ais"], train["log_z_ais"]

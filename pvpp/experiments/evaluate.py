@@ -20,6 +20,7 @@ from absl import app, flags, logging
 
 from pvpp import evaluate
 from pvpp.experiments import inference_common
+from pvpp.priors import AISConfig
 
 FLAGS = flags.FlagValues()
 _DEFAULTS = evaluate.EvalConfig()
@@ -68,18 +69,18 @@ flags.DEFINE_enum(
     "log Z of the RBM prior: AIS, or exact enumeration (small RBMs).",
     flag_values=FLAGS,
 )
-flags.DEFINE_integer("ais_num_chains", _DEFAULTS.ais_num_chains, "AIS chains.", flag_values=FLAGS)
+flags.DEFINE_integer("ais_num_chains", _DEFAULTS.ais.num_chains, "AIS chains.", flag_values=FLAGS)
 flags.DEFINE_integer(
     "ais_num_betas",
-    _DEFAULTS.ais_num_betas,
+    _DEFAULTS.ais.num_betas,
     "AIS inverse temperatures (10x the training-time estimate).",
     flag_values=FLAGS,
 )
 flags.DEFINE_integer(
-    "ais_sweeps_per_beta", _DEFAULTS.ais_sweeps_per_beta, "Gibbs sweeps per temperature.", flag_values=FLAGS
+    "ais_sweeps_per_beta", _DEFAULTS.ais.sweeps_per_beta, "Gibbs sweeps per temperature.", flag_values=FLAGS
 )
 flags.DEFINE_string(
-    "ais_schedule", _DEFAULTS.ais_schedule, "'linear' or 'dense_near_one'.", flag_values=FLAGS
+    "ais_schedule", _DEFAULTS.ais.schedule, "'linear' or 'dense_near_one'.", flag_values=FLAGS
 )
 flags.DEFINE_bool("progress", True, "Show a progress bar over the images.", flag_values=FLAGS)
 
@@ -95,6 +96,15 @@ def eval_config_from_flags(flag_values: flags.FlagValues = FLAGS) -> evaluate.Ev
     elif chunk < 1 or k % chunk:
         raise app.UsageError(f"--chunk_size ({chunk}) must be >= 1 and divide --num_importance_samples ({k})")
     try:
+        ais = AISConfig(
+            num_chains=flag_values.ais_num_chains,
+            num_betas=flag_values.ais_num_betas,
+            sweeps_per_beta=flag_values.ais_sweeps_per_beta,
+            schedule=flag_values.ais_schedule,
+        )
+    except (ValueError, TypeError) as err:
+        raise app.UsageError(f"--ais_{err}") from err  # the messages start with the field name
+    try:
         return evaluate.EvalConfig(
             split=flag_values.split,
             num_importance_samples=k,
@@ -103,10 +113,7 @@ def eval_config_from_flags(flag_values: flags.FlagValues = FLAGS) -> evaluate.Ev
             num_examples=flag_values.num_examples,
             seed=flag_values.seed,
             log_partition=flag_values.log_partition,
-            ais_num_chains=flag_values.ais_num_chains,
-            ais_num_betas=flag_values.ais_num_betas,
-            ais_sweeps_per_beta=flag_values.ais_sweeps_per_beta,
-            ais_schedule=flag_values.ais_schedule,
+            ais=ais,
         )
     except (ValueError, TypeError) as err:
         raise app.UsageError(f"--{err}") from err  # the messages start with the field (= flag) name

@@ -14,13 +14,13 @@ from typing import Any, NamedTuple
 
 from absl import app, flags
 
-from pvpp import evaluate
+from pvpp import data, workdir as workdir_files
 
 
 class Source(NamedTuple):
     """The loaded parameters and the data options, resolved from the flags."""
 
-    inference: evaluate.InferenceModel
+    inference: workdir_files.InferenceModel
     dataset: str
     data_options: dict[str, Any]  # data_dir, variant, validation_size for `evaluate.load_split`
 
@@ -64,7 +64,7 @@ def load_source(flag_values: flags.FlagValues) -> Source:
     if checkpoint_path is not None and not os.path.isdir(checkpoint_path):
         raise app.UsageError(f"--checkpoint={checkpoint_path} does not exist")
     try:
-        inference = evaluate.load_for_inference(workdir if os.path.isdir(workdir) else None, checkpoint_path)
+        inference = workdir_files.load_for_inference(workdir if os.path.isdir(workdir) else None, checkpoint_path)
     except FileNotFoundError as err:
         flag = "--checkpoint" if checkpoint_path is not None else "--workdir"
         raise app.UsageError(f"{flag}: {err}") from err
@@ -74,10 +74,8 @@ def load_source(flag_values: flags.FlagValues) -> Source:
         raise app.UsageError(
             "--dataset is required: the parameters do not say which data set they were trained on"
         )
-    from pvpp import data
-
-    if dataset not in data.DATASETS:
-        raise app.UsageError(f"--dataset must be one of {sorted(data.DATASETS)}, got {dataset!r}")
+    if dataset not in data.DATASET_NAMES:
+        raise app.UsageError(f"--dataset must be one of {sorted(data.DATASET_NAMES)}, got {dataset!r}")
     same_data = dataset == run_data.get("name")
     data_options = dict(
         data_dir=flag_values.data_dir or (run_data.get("data_dir") if same_data else None),

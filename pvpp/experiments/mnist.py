@@ -1,7 +1,7 @@
 """Train PixelVAE++ on MNIST, dynamically binarized (--dataset=mnist, the default) or statically
 (--dataset=binarized_mnist).
 
-    python -m pvpp.experiments.mnist --flagfile=experiments/mnist_dynamic_rbm.flags --workdir=/tmp/pvpp_mnist
+    python -m pvpp.experiments.mnist --flagfile=experiments/mnist_dynamic.flags --workdir=/tmp/pvpp_mnist
 """
 
 from pvpp.experiments import common

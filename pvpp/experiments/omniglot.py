@@ -1,6 +1,6 @@
 """Train PixelVAE++ on Omniglot (dynamically binarized; --data_variant picks the 28x28 source).
 
-python -m pvpp.experiments.omniglot --flagfile=experiments/omniglot_rbm.flags --workdir=/tmp/pvpp_omniglot
+python -m pvpp.experiments.omniglot --flagfile=experiments/omniglot.flags --workdir=/tmp/pvpp_omniglot
 """
 
 from pvpp.experiments import common

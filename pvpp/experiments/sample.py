@@ -24,9 +24,10 @@ import time
 import jax
 from absl import app, flags, logging
 
-from pvpp import evaluate, sample
+from pvpp import data, evaluate, sample
 from pvpp.experiments import inference_common
 from pvpp.model import to_model_space
+from pvpp.priors import make_prior
 
 FLAGS = flags.FlagValues()
 _DEFAULTS = sample.SampleConfig()
@@ -60,8 +61,6 @@ flags.DEFINE_integer("upscale", _DEFAULTS.upscale, "PNG pixels per image pixel."
 
 def sample_config_from_flags(flag_values: flags.FlagValues = FLAGS) -> sample.SampleConfig:
     """The flags as a frozen SampleConfig; app.UsageError naming the flag for a bad value."""
-    from pvpp import data
-
     if flag_values.split not in data.SPLITS:
         raise app.UsageError(f"--split must be one of {data.SPLITS}, got {flag_values.split!r}")
     names = [f.name for f in sample.SampleConfig.__dataclass_fields__.values()]
@@ -85,7 +84,7 @@ def execute(argv: list[str]) -> dict[str, str]:
     model_config, params = source.inference.model_config, source.inference.params
     output_dir = FLAGS.output_dir or os.path.join(FLAGS.workdir, "samples")
     inputs, indices = None, None
-    if config.num_reconstructions and model_config.prior != "none":
+    if config.num_reconstructions and make_prior(model_config).num_latents:
         split_data = evaluate.load_split(source.dataset, config.split, **source.data_options)
         if tuple(split_data.images.shape[1:]) != model_config.image_shape:
             raise app.UsageError(

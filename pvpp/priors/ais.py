@@ -39,8 +39,9 @@ error of a few ulps of its final value instead of growing with the number of tem
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,9 +49,46 @@ import numpy as np
 from jax import lax
 
 from pvpp.priors import rbm as _rbm
+from pvpp.relax import bernoulli_sample
+from pvpp.validation import check_choice, check_int, is_traced
 
 #: Beta schedules accepted by `beta_schedule` / `ais_log_partition`.
 SCHEDULES = ("linear", "dense_near_one")
+
+
+@dataclasses.dataclass(frozen=True)
+class AISConfig:
+    """The effort of one use of AIS: M chains, K inverse temperatures (both ends included), Gibbs sweeps per
+    temperature, the schedule. Training's periodic log Z, the RBM's AIS negative phase and the evaluation
+    command each hold one; `run(params, key)` is `ais_log_partition` with these settings."""
+
+    num_chains: int = 100
+    num_betas: int = 1000
+    sweeps_per_beta: int = 1
+    schedule: str = "linear"
+
+    def __post_init__(self):
+        check_int(self.num_chains, "num_chains", 1)
+        check_int(self.num_betas, "num_betas", 2)
+        check_int(self.sweeps_per_beta, "sweeps_per_beta", 0)
+        check_choice(self.schedule, "schedule", SCHEDULES)
+
+    def replace(self, **changes) -> AISConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def run(self, params: _rbm.RBMParams, key: jax.Array) -> AISResult:
+        """`ais_log_partition(params, key, ...)` with these settings (uniform base)."""
+        return ais_log_partition(
+            params,
+            key,
+            num_chains=self.num_chains,
+            num_betas=self.num_betas,
+            sweeps_per_beta=self.sweeps_per_beta,
+            schedule=self.schedule,
+        )
 
 
 class AISResult(NamedTuple):
@@ -93,10 +131,10 @@ def ais_log_partition(
     (uniform base).  schedule: "linear" or "dense_near_one" (see `beta_schedule`).
     Compiled once per (M, K, sweeps_per_beta, shapes, dtype).
     """
-    _rbm._check_params(params)
-    _rbm._check_count(num_chains, "num_chains")
-    _rbm._check_count(num_betas, "num_betas", minimum=2)
-    _rbm._check_count(sweeps_per_beta, "sweeps_per_beta", minimum=0)
+    _rbm.check_params(params)
+    check_int(num_chains, "num_chains", 1)
+    check_int(num_betas, "num_betas", 2)
+    check_int(sweeps_per_beta, "sweeps_per_beta", 0)
     num_left = params.weights.shape[0]
     dtype = params.weights.dtype
     if base_left_bias is None:
@@ -107,7 +145,7 @@ def ais_log_partition(
                 f"base_left_bias must have shape [nL] = [{num_left}] for weights "
                 f"{tuple(params.weights.shape)}, got {tuple(jnp.shape(base_left_bias))}"
             )
-        if not _rbm._is_traced(base_left_bias) and not np.all(np.isfinite(np.asarray(base_left_bias))):
+        if not is_traced(base_left_bias) and not np.all(np.isfinite(np.asarray(base_left_bias))):
             raise ValueError(f"base_left_bias {tuple(jnp.shape(base_left_bias))} contains non-finite values")
         base_left_bias = jnp.asarray(base_left_bias, dtype)
     betas = beta_schedule(num_betas, schedule, dtype)
@@ -121,9 +159,8 @@ def beta_schedule(num_betas: int, kind: str = "linear", dtype=jnp.float32) -> ja
     proportions (500 steps on [0, 0.5], 4000 on [0.5, 0.9], 10000 on [0.9, 1] out of 14500), scaled to
     num_betas - 1 steps; each piece gets at least one step.
     """
-    _rbm._check_count(num_betas, "num_betas", minimum=2)
-    if kind not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {kind!r}")
+    check_int(num_betas, "num_betas", 2)
+    check_choice(kind, "schedule", SCHEDULES)
     num_steps = num_betas - 1
     if kind == "linear" or num_steps < 3:
         return jnp.linspace(0.0, 1.0, num_betas, dtype=dtype)
@@ -154,7 +191,7 @@ def _ais_jit_impl(
     num_left, num_right = params.weights.shape
     init_key, final_key, key = jax.random.split(key, 3)
     # Exact sample of the base f_0: zL ~ Bern(sigmoid(a0)) (zR is uniform and summed out).
-    z_left = _rbm._bernoulli(init_key, jnp.broadcast_to(base_left_bias, (num_chains, num_left)))
+    z_left = bernoulli_sample(init_key, jnp.broadcast_to(base_left_bias, (num_chains, num_left)))
     bias_gap = params.left_bias - base_left_bias  # d/dbeta of the linear term: (a - a0).zL
 
     def anneal_step(carry, step_inputs):
@@ -162,7 +199,7 @@ def _ais_jit_impl(
         step, beta_previous, beta = step_inputs
         delta = beta - beta_previous
         field = _exact_right_field(params, z_left)  # [M, nR]
-        increment = delta * jnp.matmul(z_left, bias_gap, precision=_rbm._EXACT) + jnp.sum(
+        increment = delta * jnp.matmul(z_left, bias_gap, precision=_rbm.EXACT) + jnp.sum(
             _softplus_increment(field, beta_previous, delta), axis=-1
         )
         log_weights, compensation = _kahan_add(log_weights, compensation, increment)
@@ -174,7 +211,7 @@ def _ais_jit_impl(
     steps = jnp.arange(betas.shape[0] - 1, dtype=jnp.int32)
     carry = (z_left, zeros, zeros)
     (z_left, log_weights, _), _ = lax.scan(anneal_step, carry, (steps, betas[:-1], betas[1:]))
-    z_right = _rbm._bernoulli(final_key, _rbm._right_field(params, z_left))
+    z_right = bernoulli_sample(final_key, _rbm.right_field(params, z_left))
 
     log_base_partition = jnp.sum(jax.nn.softplus(base_left_bias)) + num_right * math.log(2.0)
     log_mean_weight = jax.nn.logsumexp(log_weights) - math.log(num_chains)
@@ -208,9 +245,9 @@ def _transition(
     def sweep(sweep_index, z_left_and_field):
         z_left, field = z_left_and_field
         right_key, left_key = jax.random.split(jax.random.fold_in(key, sweep_index))
-        z_right = _rbm._bernoulli(right_key, beta * field)
-        left_logits = (1.0 - beta) * base_left_bias[None, :] + beta * _rbm._left_field(params, z_right)
-        z_left = _rbm._bernoulli(left_key, left_logits)
+        z_right = bernoulli_sample(right_key, beta * field)
+        left_logits = (1.0 - beta) * base_left_bias[None, :] + beta * _rbm.left_field(params, z_right)
+        z_left = bernoulli_sample(left_key, left_logits)
         return z_left, _exact_right_field(params, z_left)
 
     if sweeps_per_beta == 0:
@@ -221,7 +258,7 @@ def _transition(
 
 def _exact_right_field(params: _rbm.RBMParams, z_left: jax.Array) -> jax.Array:
     """b + W^T zL at full matmul precision (it enters the log-weights): [M, nL] -> [M, nR]."""
-    return jnp.matmul(z_left, params.weights, precision=_rbm._EXACT) + params.right_bias[None, :]
+    return jnp.matmul(z_left, params.weights, precision=_rbm.EXACT) + params.right_bias[None, :]
 
 
 def _softplus_increment(x: jax.Array, beta_previous: jax.Array, delta: jax.Array) -> jax.Array:

@@ -17,13 +17,14 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from pvpp.relax import bernoulli_sample
+from pvpp.validation import check_int
 
 
 def init_logits(num_latents: int, dtype=jnp.float32) -> jax.Array:
     """[num_latents] zeros: the uniform prior, p(z_i = 1) = 1/2."""
-    if isinstance(num_latents, bool) or not isinstance(num_latents, (int, np.integer)) or num_latents < 1:
-        raise ValueError(f"num_latents must be an int >= 1, got {num_latents!r}")
+    check_int(num_latents, "num_latents", 1)
     return jnp.zeros((num_latents,), dtype)
 
 
@@ -41,8 +42,7 @@ def sample(key: jax.Array, logits: jax.Array, sample_shape: Sequence[int] = ()) 
     """z ~ p: sample_shape + batch_shape + [D], 0/1 in the logits' dtype."""
     logits = _check_logits(logits, "logits")
     shape = tuple(sample_shape) + logits.shape
-    uniform = jax.random.uniform(key, shape, logits.dtype)
-    return (uniform < _lift(jax.nn.sigmoid(logits), len(shape))).astype(logits.dtype)
+    return bernoulli_sample(key, jnp.broadcast_to(_lift(logits, len(shape)), shape))
 
 
 def kl_divergence(posterior_logits: jax.Array, prior_logits: jax.Array) -> jax.Array:

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from pvpp.validation import check_int
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -34,7 +35,7 @@ def sample(
     key: jax.Array, num_latents: int, sample_shape: Sequence[int] = (), dtype=jnp.float32
 ) -> jax.Array:
     """z ~ N(0, I): sample_shape + [num_latents]."""
-    _check_count(num_latents, "num_latents")
+    check_int(num_latents, "num_latents", 1)
     return jax.random.normal(key, tuple(sample_shape) + (num_latents,), dtype)
 
 
@@ -100,10 +101,3 @@ def _check_posterior(mean, log_scale) -> tuple[jax.Array, jax.Array]:
             f"log_scale {tuple(log_scale.shape)}"
         )
     return mean, log_scale
-
-
-def _check_count(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")

@@ -8,7 +8,8 @@ Convention (DESIGN section 5), with a = `left_bias` [nL], b = `right_bias` [nR],
 
 Everything is in nats. The unnormalised log-probability (`log_prob_unnormalized` = -E) and log Z are kept
 apart: log Z comes from `exact_log_partition` (enumeration, <= 24 units on the smaller side) or from AIS
-(`ais_log_partition`, re-exported here from `pvpp.priors.ais`).
+(`pvpp.priors.ais.ais_log_partition`, which builds on the kernels here: `right_field`, `left_field`, `EXACT`).
+Binary samples come from pvpp's one Bernoulli sampler, `pvpp.relax.bernoulli_sample`.
 
 Chains. States are float arrays of 0/1 with the chain axis (or any number of leading axes) in front:
 `z_left` [..., nL], `z_right` [..., nR]. The samplers act on all leading axes at once, which is what
@@ -32,10 +33,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from pvpp.relax import bernoulli_sample
+from pvpp.validation import check_int, is_traced
+
 # Energies, free energies and log Z are sums of hundreds of terms that AIS differences and log Z gradients
 # rely on: keep float32 matmuls at full precision on accelerators (TF32 / bf16 passes would cost ~1e-3
 # relative per term). Sampling conditionals use the default precision: that error is far below sampling noise.
-_EXACT = lax.Precision.HIGHEST
+EXACT = lax.Precision.HIGHEST
 
 #: Largest side that `exact_log_partition` enumerates (2^24 states).
 MAX_ENUMERATED_UNITS = 24
@@ -70,8 +74,8 @@ def init_rbm_params(
     key: jax.Array, num_left: int, num_right: int, scale: float = 0.01, dtype=jnp.float32
 ) -> RBMParams:
     """Zero biases and weights ~ N(0, scale^2), [num_left, num_right]."""
-    _check_count(num_left, "num_left")
-    _check_count(num_right, "num_right")
+    check_int(num_left, "num_left", 1)
+    check_int(num_right, "num_right", 1)
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 0):
         raise ValueError(f"scale must be a finite number >= 0, got {scale!r}")
     weights = scale * jax.random.normal(key, (num_left, num_right), dtype)
@@ -89,7 +93,7 @@ def swap_sides(params: RBMParams) -> RBMParams:
 
 def energy(params: RBMParams, z_left: jax.Array, z_right: jax.Array) -> jax.Array:
     """E(zL, zR) = -a.zL - b.zR - zL^T W zR.  z_left [..., nL], z_right [..., nR] -> [...] (nats)."""
-    _check_params(params)
+    check_params(params)
     _check_states(params, z_left=z_left, z_right=z_right)
     return _energy(params, z_left, z_right)
 
@@ -101,14 +105,14 @@ def log_prob_unnormalized(params: RBMParams, z_left: jax.Array, z_right: jax.Arr
 
 def free_energy_left(params: RBMParams, z_left: jax.Array) -> jax.Array:
     """F(zL), right side summed out: -F = a.zL + sum_j softplus(b_j + (W^T zL)_j).  [..., nL] -> [...]."""
-    _check_params(params)
+    check_params(params)
     _check_states(params, z_left=z_left)
     return _free_energy(params.left_bias, params.right_bias, params.weights, z_left)
 
 
 def free_energy_right(params: RBMParams, z_right: jax.Array) -> jax.Array:
     """F(zR), left side summed out: -F = b.zR + sum_i softplus(a_i + (W zR)_i).  [..., nR] -> [...]."""
-    _check_params(params)
+    check_params(params)
     _check_states(params, z_right=z_right)
     return _free_energy(params.right_bias, params.left_bias, params.weights.T, z_right)
 
@@ -124,9 +128,9 @@ def exact_log_partition(params: RBMParams, side: str = "smaller") -> jax.Array:
     rounding. The enumeration runs in chunks of at most 2^12 states inside one compiled loop; each chunk is
     rematerialised in the backward pass, so `jax.grad` (which gives the moments E[zL], E[zR], E[zL zR^T])
     costs memory for one chunk only. Raises ValueError when the enumerated side has more than
-    `MAX_ENUMERATED_UNITS` (24) units: use `ais_log_partition` then.
+    `MAX_ENUMERATED_UNITS` (24) units: use `pvpp.priors.ais.ais_log_partition` then.
     """
-    _check_params(params)
+    check_params(params)
     num_left, num_right = params.weights.shape
     if side not in ("smaller", "left", "right"):
         raise ValueError(f"side must be 'smaller', 'left' or 'right', got {side!r}")
@@ -156,7 +160,7 @@ def gibbs_sweep(
     z_left [..., nL] (0/1) -> (z_left [..., nL], z_right [..., nR]): first
     zR ~ Bern(sigmoid(beta (b + W^T zL))), then zL ~ Bern(sigmoid(beta (a + W zR))). beta = 1: the RBM itself.
     """
-    _check_params(params)
+    check_params(params)
     _check_states(params, z_left=z_left)
     _check_finite_scalar(beta, "beta")
     return _gibbs_sweep_jit(params, key, z_left, jnp.asarray(beta, params.weights.dtype))
@@ -175,10 +179,10 @@ def sample(
     Returns (z_left [num_chains, nL], z_right [num_chains, nR]), float 0/1 in the parameters' dtype.
     Compiled once per (num_chains, nL, nR, dtype); `num_sweeps` is traced.
     """
-    _check_params(params)
-    _check_count(num_chains, "num_chains")
-    if not _is_traced(num_sweeps):
-        _check_count(num_sweeps, "num_sweeps")
+    check_params(params)
+    check_int(num_chains, "num_chains", 1)
+    if not is_traced(num_sweeps):
+        check_int(num_sweeps, "num_sweeps", 1)
     num_left = params.weights.shape[0]
     init_key, key = jax.random.split(key)
     if init_left is None:
@@ -193,11 +197,11 @@ def sample(
 
 def init_chains(params: RBMParams, key: jax.Array, num_chains: int) -> ChainState:
     """Persistent chains: zL uniformly random [num_chains, nL], then zR ~ p(zR | zL) [num_chains, nR]."""
-    _check_params(params)
-    _check_count(num_chains, "num_chains")
+    check_params(params)
+    check_int(num_chains, "num_chains", 1)
     left_key, right_key = jax.random.split(key)
     z_left = _uniform_states(left_key, (num_chains, params.weights.shape[0]), params.weights.dtype)
-    z_right = _bernoulli(right_key, _right_field(params, z_left))
+    z_right = bernoulli_sample(right_key, right_field(params, z_left))
     return ChainState(z_left, z_right)
 
 
@@ -209,12 +213,12 @@ def advance_chains(
     For persistent contrastive divergence: carry the returned state in the train state and call this once
     per step with the current parameters. Compiled once per (state shapes, dtype).
     """
-    _check_params(params)
+    check_params(params)
     if not isinstance(state, ChainState):
         raise TypeError(f"state must be a ChainState, got {type(state).__name__}")
     _check_chain_state(params, state.z_left, state.z_right, names=("state.z_left", "state.z_right"))
-    if not _is_traced(num_sweeps):
-        _check_count(num_sweeps, "num_sweeps", minimum=0)
+    if not is_traced(num_sweeps):
+        check_int(num_sweeps, "num_sweeps", 0)
     state = ChainState(*(z.astype(params.weights.dtype) for z in state))  # the loop carry keeps one dtype
     return _advance_jit(params, key, state, jnp.asarray(num_sweeps, jnp.int32))
 
@@ -224,18 +228,18 @@ def advance_chains(
 
 
 def _energy(params: RBMParams, z_left: jax.Array, z_right: jax.Array) -> jax.Array:
-    interaction = jnp.sum(jnp.matmul(z_left, params.weights, precision=_EXACT) * z_right, axis=-1)
+    interaction = jnp.sum(jnp.matmul(z_left, params.weights, precision=EXACT) * z_right, axis=-1)
     return -(
-        jnp.matmul(z_left, params.left_bias, precision=_EXACT)
-        + jnp.matmul(z_right, params.right_bias, precision=_EXACT)
+        jnp.matmul(z_left, params.left_bias, precision=EXACT)
+        + jnp.matmul(z_right, params.right_bias, precision=EXACT)
         + interaction
     )
 
 
 def _free_energy(own_bias: jax.Array, other_bias: jax.Array, weights: jax.Array, z: jax.Array) -> jax.Array:
     """F(z) of the side with `own_bias`; `weights` is [n_own, n_other]. z [..., n_own] -> [...]."""
-    field = jnp.matmul(z, weights, precision=_EXACT) + _lift(other_bias, z.ndim)
-    return -(jnp.matmul(z, own_bias, precision=_EXACT) + jnp.sum(jax.nn.softplus(field), axis=-1))
+    field = jnp.matmul(z, weights, precision=EXACT) + lift(other_bias, z.ndim)
+    return -(jnp.matmul(z, own_bias, precision=EXACT) + jnp.sum(jax.nn.softplus(field), axis=-1))
 
 
 @jax.jit
@@ -258,30 +262,24 @@ def _log_partition_by_enumeration(
     return jax.nn.logsumexp(chunk_values)  # max-shifted inside logsumexp
 
 
-def _right_field(params: RBMParams, z_left: jax.Array) -> jax.Array:
+def right_field(params: RBMParams, z_left: jax.Array) -> jax.Array:
     """b + W^T zL: [..., nL] -> [..., nR]."""
-    return jnp.matmul(z_left, params.weights) + _lift(params.right_bias, z_left.ndim)
+    return jnp.matmul(z_left, params.weights) + lift(params.right_bias, z_left.ndim)
 
 
-def _left_field(params: RBMParams, z_right: jax.Array) -> jax.Array:
+def left_field(params: RBMParams, z_right: jax.Array) -> jax.Array:
     """a + W zR: [..., nR] -> [..., nL]."""
-    return jnp.matmul(z_right, params.weights.T) + _lift(params.left_bias, z_right.ndim)
-
-
-def _bernoulli(key: jax.Array, logits: jax.Array) -> jax.Array:
-    """0/1 samples of Bern(sigmoid(logits)) in the logits' dtype."""
-    uniform = jax.random.uniform(key, logits.shape, logits.dtype)
-    return (uniform < jax.nn.sigmoid(logits)).astype(logits.dtype)
+    return jnp.matmul(z_right, params.weights.T) + lift(params.left_bias, z_right.ndim)
 
 
 def _uniform_states(key: jax.Array, shape: tuple[int, ...], dtype) -> jax.Array:
-    return jax.random.bernoulli(key, 0.5, shape).astype(dtype)
+    return bernoulli_sample(key, jnp.zeros(shape, dtype))
 
 
 def _sweep(params: RBMParams, key: jax.Array, z_left: jax.Array, beta: jax.Array) -> ChainState:
     right_key, left_key = jax.random.split(key)
-    z_right = _bernoulli(right_key, beta * _right_field(params, z_left))
-    z_left = _bernoulli(left_key, beta * _left_field(params, z_right))
+    z_right = bernoulli_sample(right_key, beta * right_field(params, z_left))
+    z_left = bernoulli_sample(left_key, beta * left_field(params, z_right))
     return ChainState(z_left, z_right)
 
 
@@ -305,7 +303,7 @@ def _zeros_right(params: RBMParams, num_chains: int) -> jax.Array:
     return jnp.zeros((num_chains, params.weights.shape[1]), params.weights.dtype)
 
 
-def _lift(vector: jax.Array, ndim: int) -> jax.Array:
+def lift(vector: jax.Array, ndim: int) -> jax.Array:
     """[n] -> [1, ..., 1, n] with `ndim` axes (explicit broadcasting: tests use rank promotion 'raise')."""
     return vector.reshape((1,) * (ndim - 1) + vector.shape)
 
@@ -314,11 +312,7 @@ def _lift(vector: jax.Array, ndim: int) -> jax.Array:
 # Input checks (public entry points; value checks only on concrete arrays)
 
 
-def _is_traced(x) -> bool:
-    return isinstance(x, jax.core.Tracer)
-
-
-def _check_params(params: RBMParams, name: str = "params") -> None:
+def check_params(params: RBMParams, name: str = "params") -> None:
     if not isinstance(params, RBMParams):
         raise TypeError(f"{name} must be an RBMParams, got {type(params).__name__}")
     for field, value in zip(RBMParams._fields, params):
@@ -340,7 +334,7 @@ def _check_params(params: RBMParams, name: str = "params") -> None:
             raise TypeError(
                 f"{name}: all fields must share one dtype, got {field} {value.dtype} vs weights {w.dtype}"
             )
-        if not _is_traced(value) and not np.all(np.isfinite(np.asarray(value))):
+        if not is_traced(value) and not np.all(np.isfinite(np.asarray(value))):
             raise ValueError(f"{name}.{field} {tuple(value.shape)} contains non-finite values")
 
 
@@ -360,7 +354,7 @@ def _check_states(params: RBMParams, **states) -> None:
                 f"z_left and z_right must share leading axes, got z_left {leading} + ... and z_right {shape}"
             )
         leading = shape[:-1]
-        if not _is_traced(z) and not np.all(np.isfinite(np.asarray(z))):
+        if not is_traced(z) and not np.all(np.isfinite(np.asarray(z))):
             raise ValueError(f"{name} {shape} contains non-finite values")
 
 
@@ -385,37 +379,24 @@ def _check_chain_state(
 
 
 def _check_binary(z, name: str) -> None:
-    if not _is_traced(z):
+    if not is_traced(z):
         values = np.asarray(z)
         if not np.all((values == 0) | (values == 1)):
             raise ValueError(f"{name} {values.shape} must hold only 0/1 values")
 
 
-def _check_count(value, name: str, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
 def _check_finite_scalar(value, name: str) -> None:
     if jnp.ndim(value) != 0:
         raise ValueError(f"{name} must be a scalar, got shape {jnp.shape(value)}")
-    if not _is_traced(value) and not math.isfinite(float(value)):
+    if not is_traced(value) and not math.isfinite(float(value)):
         raise ValueError(f"{name} must be finite, got {value!r}")
 
 
-# AIS lives in its own module (it imports the kernels above); re-exported so `rbm.ais_log_partition` works.
-from pvpp.priors.ais import AISResult, ais_log_partition, beta_schedule  # noqa: E402
-
 __all__ = [
     "MAX_ENUMERATED_UNITS",
-    "AISResult",
     "ChainState",
     "RBMParams",
     "advance_chains",
-    "ais_log_partition",
-    "beta_schedule",
     "energy",
     "exact_log_partition",
     "free_energy_left",

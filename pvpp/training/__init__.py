@@ -1,0 +1,14 @@
+"""Training, one job per file (the public names are gathered in `pvpp.train`):
+
+    config.py         TrainConfig, DataConfig, StepConfig (what the compiled step reads)
+    state.py          TrainState and its value at step 0 (`init_train_state`)
+    step.py           the per-device train and evaluation steps (pmapped, axis 'batch')
+    compiled.py       the compiled functions of a run, cached per (model, StepConfig, devices), with trace counts
+    devices.py        the device layout, replication, and the prefetching thread
+    periodic_eval.py  the cheap evaluation during training
+    loop.py           run_training / train_and_evaluate: the loop, checkpoints, metrics, the NaN guard
+
+The files of a run (config.json, checkpoints, the EMA export) are owned by `pvpp.workdir`. This package
+imports nothing on its own, so `pvpp.workdir` (used by evaluation and sampling) can import `state` without
+importing the loop.
+"""

@@ -1,0 +1,97 @@
+"""The compiled functions of a run, cached per (model, `StepConfig`, devices) so that runs in one process that
+differ only in length, periods, seed or data reuse them (tests, sweeps, the benchmarks).
+
+Each per-device function is wrapped in a `TraceCounter` before it is compiled: `StepFunctions.traces()` says
+how often each was traced (a retrace is a recompilation; the train step must be traced once per run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+
+from pvpp.model import ModelConfig, PixelVAEPP
+from pvpp.optim import OptimConfig, make_optimizer
+from pvpp.priors import AISConfig, NegativePhaseConfig
+from pvpp.training.config import StepConfig, TrainConfig
+from pvpp.training.state import init_train_state
+from pvpp.training.step import AXIS, eval_step, train_step
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFunctions:
+    """The compiled functions of a run (see `step_functions`)."""
+
+    init: Any  # (root key, uint8 images [B, H, W, C]) -> TrainState (jit, one device)
+    train: Any  # (state [D, ...], images [D, b, ...]) -> (state, metrics [D]) (pmap, state donated)
+    evaluate: Any  # (params [D, ...], log_partition [], key, images, mask) -> sums [D] (pmap)
+    log_partition: Any  # (prior params, key) -> LogPartition or None (jit, AIS with the run's log_z_ais)
+    counters: tuple[TraceCounter, ...] = ()
+
+    def traces(self) -> dict[str, int]:
+        """How many times each function was traced so far (by name: 'init', 'train', 'evaluate', ...)."""
+        return {counter.name: counter.count for counter in self.counters}
+
+
+def step_functions(model_config: ModelConfig, config: TrainConfig, devices: tuple) -> StepFunctions:
+    """The compiled functions of a run for `devices` (a tuple of jax devices)."""
+    step_config = config.step_config
+    init, init_counter = _init_function(model_config, step_config.optim, step_config.negative_phase)
+    train, train_counter = _train_function(model_config, step_config, devices)
+    evaluate, eval_counter = _eval_function(model_config, devices)
+    return StepFunctions(
+        init=init,
+        train=train,
+        evaluate=evaluate,
+        log_partition=_log_partition_function(model_config, config.log_z_ais),
+        counters=(init_counter, train_counter, eval_counter),
+    )
+
+
+class TraceCounter:
+    """Calls `fn` and counts the calls; under jit / pmap a call of the Python function is a trace."""
+
+    def __init__(self, name: str, fn: Callable):
+        self.name = name
+        self.count = 0
+        self._fn = fn
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args, **kwargs):
+        self.count += 1
+        return self._fn(*args, **kwargs)
+
+
+@functools.lru_cache(maxsize=8)
+def _init_function(model_config: ModelConfig, optim: OptimConfig, negative_phase: NegativePhaseConfig):
+    counter = TraceCounter(
+        "init",
+        functools.partial(
+            init_train_state, PixelVAEPP(model_config), make_optimizer(optim), negative_phase=negative_phase
+        ),
+    )
+    return jax.jit(counter), counter
+
+
+@functools.lru_cache(maxsize=8)
+def _train_function(model_config: ModelConfig, step_config: StepConfig, devices: tuple):
+    step = functools.partial(
+        train_step, model=PixelVAEPP(model_config), optimizer=make_optimizer(step_config.optim), config=step_config
+    )
+    counter = TraceCounter("train", step)
+    return jax.pmap(counter, axis_name=AXIS, devices=devices, donate_argnums=(0,)), counter
+
+
+@functools.lru_cache(maxsize=8)
+def _eval_function(model_config: ModelConfig, devices: tuple):
+    counter = TraceCounter("evaluate", functools.partial(eval_step, model=PixelVAEPP(model_config)))
+    return jax.pmap(counter, axis_name=AXIS, devices=devices, in_axes=(0, None, None, 0, 0)), counter
+
+
+@functools.lru_cache(maxsize=8)
+def _log_partition_function(model_config: ModelConfig, ais: AISConfig):
+    prior = PixelVAEPP(model_config).prior
+    return jax.jit(functools.partial(prior.log_partition, method="ais", ais=ais))

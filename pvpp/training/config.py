@@ -1,0 +1,138 @@
+"""The frozen configurations of a training run: `TrainConfig`, `DataConfig`, and `StepConfig` (what the compiled
+step reads, and so the key of the compiled-function cache)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from pvpp.data.catalog import DATASET_NAMES, SPLITS
+from pvpp.optim import OptimConfig
+from pvpp.priors import AISConfig, NegativePhaseConfig
+from pvpp.priors.base import NEGATIVE_PHASES
+from pvpp.validation import check_choice, check_int
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which data: a name of `pvpp.data.DATASET_NAMES`, the folder of the original files, the splits.
+
+    data_dir: None means env PVPP_DATA_DIR (or downloads when that is unset too). variant: the loader's
+    `config` (omniglot: 'chardata' or 'resized_105'; None: the loader's default). validation_size: see
+    `pvpp.data.load`.
+    """
+
+    name: str
+    data_dir: str | None = None
+    train_split: str = "train"
+    eval_split: str = "test"
+    variant: str | None = None
+    validation_size: int | None = None
+
+    def __post_init__(self):
+        if self.name not in DATASET_NAMES:
+            raise ValueError(f"data set name must be one of {sorted(DATASET_NAMES)}, got {self.name!r}")
+        check_choice(self.train_split, "train_split", SPLITS)
+        check_choice(self.eval_split, "eval_split", SPLITS)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """Everything the compiled train step reads besides the model: the optimizer and the prior's negative phase.
+
+    Small, frozen and hashable: `pvpp.training.compiled.step_functions` caches its compilations on it, so runs
+    that differ in anything else (length, periods, seed, data) reuse them.
+    """
+
+    optim: OptimConfig = OptimConfig()
+    negative_phase: NegativePhaseConfig = NegativePhaseConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything about a training run except the model and the data. Variants: `config.replace(...)`.
+
+    batch_size: global (all devices), a multiple of the device count. num_steps or num_epochs: exactly one is
+    set. num_devices: None = all local devices. optim: Adam, lr decay, EMA, KL warm-up (`optim.OptimConfig`).
+    negative_phase, num_chains, sweeps_per_step, negative_ais: the RBM's negative phase ('pcd': `num_chains`
+    persistent chains, `sweeps_per_step` block-Gibbs sweeps per step; 'ais': fresh `negative_ais` samples each
+    step), see `step_config`. log_z_ais: AIS for log Z at each evaluation. init_batch_size: images for the
+    data-dependent init (None: batch_size). eval_examples: the fixed evaluation subset (the first images of the
+    evaluation split). eval_batch_size: None means batch_size.
+    """
+
+    batch_size: int = 128
+    num_steps: int | None = 500_000
+    num_epochs: int | None = None
+    num_devices: int | None = None
+    seed: int = 0
+    optim: OptimConfig = OptimConfig()
+    negative_phase: str = "pcd"
+    num_chains: int = 100
+    sweeps_per_step: int = 1
+    negative_ais: AISConfig = AISConfig(num_chains=100, num_betas=100)
+    log_z_ais: AISConfig = AISConfig(num_chains=100, num_betas=1000)
+    init_batch_size: int | None = None
+    log_every: int = 100
+    eval_every: int = 10_000
+    eval_examples: int = 1000
+    eval_batch_size: int | None = None
+    checkpoint_every: int = 2000
+    keep_checkpoints: int = 3
+
+    def __post_init__(self):
+        if (self.num_steps is None) == (self.num_epochs is None):
+            raise ValueError(
+                "exactly one of num_steps and num_epochs must be set, "
+                f"got {self.num_steps} and {self.num_epochs}"
+            )
+        for name, minimum in (
+            ("batch_size", 1),
+            ("seed", 0),
+            ("num_chains", 1),
+            ("sweeps_per_step", 0),
+            ("log_every", 1),
+            ("eval_every", 1),
+            ("eval_examples", 1),
+            ("checkpoint_every", 1),
+            ("keep_checkpoints", 1),
+        ):
+            check_int(getattr(self, name), name, minimum)
+        for name in ("num_steps", "num_epochs", "num_devices", "init_batch_size", "eval_batch_size"):
+            if getattr(self, name) is not None:
+                check_int(getattr(self, name), name, 1)
+        check_choice(self.negative_phase, "negative_phase", NEGATIVE_PHASES)
+        for name, expected in (("optim", OptimConfig), ("negative_ais", AISConfig), ("log_z_ais", AISConfig)):
+            if not isinstance(getattr(self, name), expected):
+                raise TypeError(f"{name} must be a {expected.__name__}, got {type(getattr(self, name)).__name__}")
+        if self.num_devices is not None and self.batch_size % self.num_devices:
+            raise ValueError(f"batch_size {self.batch_size} is not a multiple of num_devices {self.num_devices}")
+
+    @property
+    def step_config(self) -> StepConfig:
+        """What the compiled step reads (the compiled-function cache key)."""
+        negative_phase = NegativePhaseConfig(
+            kind=self.negative_phase,
+            num_chains=self.num_chains,
+            sweeps_per_step=self.sweeps_per_step,
+            ais=self.negative_ais,
+        )
+        return StepConfig(optim=self.optim, negative_phase=negative_phase)
+
+    def replace(self, **changes) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
+        values = dict(values)
+        values["optim"] = OptimConfig(**values["optim"])
+        values["negative_ais"] = AISConfig(**values["negative_ais"])
+        values["log_z_ais"] = AISConfig(**values["log_z_ais"])
+        return cls(**values)

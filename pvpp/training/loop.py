@@ -1,0 +1,249 @@
+"""The training loop: data in, steps dispatched, metrics, evaluations and checkpoints out.
+
+    train_and_evaluate(model_config, train_config, data_config, workdir)     # what the entry points call
+    run_training(model_config, train_config, train_data, eval_data, workdir)  # same, on DataSplits in memory
+
+The loop dispatches step N + 1 before it reads the metrics of step N (at most two steps in flight: more queued
+collectives can deadlock XLA's CPU devices), draws and copies batches in a background thread, and checks every
+step's loss, gradient norm and new parameters: a non-finite value raises `FloatingPointError` naming the step,
+and since a checkpoint of step N is written only after step N was checked, no bad state is ever saved.
+Logging, evaluation and checkpoints fire on their periods and on the final step. The files it writes are
+described in `pvpp.workdir`.
+
+Metrics names. 'train/kl' is the relaxed KL for normalised priors; for the RBM it lacks log Z (unknown during
+the step) and is logged as 'train/kl_minus_log_z'. The training loss is a surrogate, never a likelihood.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import flax
+import jax
+import numpy as np
+import optax
+from absl import logging
+
+from pvpp import checkpoint, data, workdir as workdir_files
+from pvpp.metrics import MetricsWriter, ProgressLogger
+from pvpp.model import ModelConfig, PixelVAEPP
+from pvpp.training import periodic_eval
+from pvpp.training.compiled import step_functions
+from pvpp.training.config import DataConfig, TrainConfig
+from pvpp.training.devices import Prefetcher, device_sharding, first_copy_scalars, replicate, unreplicate
+from pvpp.training.state import TrainState
+
+
+def train_and_evaluate(
+    model_config: ModelConfig, train_config: TrainConfig, data_config: DataConfig, workdir: str | os.PathLike
+) -> TrainState:
+    """Loads the data of `data_config` and trains (see `run_training`). Returns the final state."""
+    if not isinstance(data_config, DataConfig):
+        raise TypeError(f"data_config must be a DataConfig, got {type(data_config).__name__}")
+    data_dir = data.loading.resolve_data_dir(data_config.data_dir)
+    data_config = dataclasses.replace(data_config, data_dir=None if data_dir is None else str(data_dir))
+    kwargs = dict(data_dir=data_dir, config=data_config.variant, validation_size=data_config.validation_size)
+    train_data = data.load(data_config.name, data_config.train_split, **kwargs)
+    eval_data = data.load(data_config.name, data_config.eval_split, **kwargs)
+    if train_data.note:
+        logging.warning("Data: %s", train_data.note)
+    return run_training(
+        model_config, train_config, train_data, eval_data, workdir, data_description=data_config.to_dict()
+    )
+
+
+def run_training(
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    train_data: data.DataSplit,
+    eval_data: data.DataSplit,
+    workdir: str | os.PathLike,
+    *,
+    data_description: Mapping[str, Any] | None = None,
+) -> TrainState:
+    """Trains `model_config` on `train_data`, resuming from the latest readable checkpoint in `workdir`.
+
+    Everything is validated before anything is written. Returns the final state (one copy, on the first
+    device). Raises FloatingPointError when a step produces a non-finite loss, gradient or parameter (nothing
+    after the last good checkpoint is saved).
+    """
+    devices = _check_run(model_config, train_config, train_data, eval_data, workdir)
+    num_devices = len(devices)
+    model = PixelVAEPP(model_config)
+    train_iter = data.batch_iterator(train_data, train_config.batch_size, seed=train_config.seed, num_devices=num_devices)
+    num_steps = train_config.num_steps or train_config.num_epochs * train_iter.num_batches_per_epoch
+    run_description = {
+        "model": model_config.to_dict(),
+        "train": train_config.to_dict(),
+        "data": dict(data_description or {"name": train_data.name}),
+        "num_devices": num_devices,
+        "num_steps": num_steps,
+        "versions": {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__},
+    }
+    workdir_files.check_resumable(workdir, run_description)
+
+    # -- validation passed: from here on the workdir is written.
+    workdir_files.write_config(workdir, run_description)
+    fns = step_functions(model_config, train_config, tuple(devices))
+    mesh_sharding = device_sharding(devices)
+    init_images = next(
+        data.batch_iterator(train_data, train_config.init_batch_size or train_config.batch_size, seed=train_config.seed)
+    )["image"]
+    root_key = jax.random.key(train_config.seed)
+    eval_batches = periodic_eval.eval_batches(eval_data, train_config, num_devices, mesh_sharding)
+
+    manager = checkpoint.CheckpointManager(
+        os.path.join(workdir, workdir_files.CHECKPOINT_DIRNAME), max_to_keep=train_config.keep_checkpoints
+    )
+    writer = MetricsWriter(workdir)
+    prefetcher = None
+    try:
+        template = workdir_files.checkpoint_template(model_config, train_config, devices[0])
+        state, last_saved = workdir_files.restore_or_init(
+            manager, template, fns.init, root_key, init_images, train_iter
+        )
+        step = int(state.step)
+        logging.info(
+            "Training %s (prior %s, %.2f M parameters) on %s: steps %d -> %d, batch %d on %d device(s).",
+            model_config.image_shape,
+            model_config.prior,
+            _count(state.params) / 1e6,
+            train_data.name,
+            step,
+            num_steps,
+            train_config.batch_size,
+            num_devices,
+        )
+        state = replicate(state, mesh_sharding)
+        prefetcher = Prefetcher(train_iter, mesh_sharding)
+        progress = ProgressLogger(num_steps, train_config.batch_size, start_step=step)
+        period = _MeanOfSteps()
+        log_z = None
+        pending = None  # (step, metrics, data position) of the last dispatched step, not yet checked
+
+        def check(item: tuple[int, dict[str, jax.Array], Any]) -> None:
+            """Reads one step's metrics (waits for that step); raises if anything was not finite."""
+            checked_step, metrics, _ = item
+            values = first_copy_scalars(metrics)
+            if not values.pop("finite"):
+                where = "none" if last_saved is None else f"step {last_saved} in {manager.directory}"
+                raise FloatingPointError(
+                    f"non-finite training value at step {checked_step}: loss {values['loss']}, gradient norm "
+                    f"{values['grad_norm']} (or a NaN / inf parameter). Nothing after step {last_saved} was "
+                    f"saved; the last good checkpoint is {where}. Lower --learning_rate or set "
+                    "--grad_clip_norm, then rerun (it resumes from there)."
+                )
+            period.add(values)
+
+        while step < num_steps:
+            images, position = next(prefetcher)
+            state, metrics = fns.train(state, images)
+            step += 1
+            if pending is not None:
+                check(pending)  # step N - 1's metrics, read while step N runs
+            pending = (step, metrics, position)
+            is_last = step == num_steps
+            do_log = step % train_config.log_every == 0 or is_last
+            do_eval = step % train_config.eval_every == 0 or is_last
+            do_save = step % train_config.checkpoint_every == 0 or is_last
+            if not (do_log or do_eval or do_save):
+                continue
+            check(pending)
+            pending = None
+            if do_log:
+                means = _rename_train_metrics(model, period.pop())
+                writer.write(step, {f"train/{k}": v for k, v in means.items()})
+                shown = {k: means[k] for k in ("loss", "reconstruction") if k in means}
+                shown.update({k: v for k, v in means.items() if k.startswith("kl")})
+                if log_z is not None:
+                    shown["log_Z"] = log_z
+                progress(step, shown)
+            if do_eval:
+                results = periodic_eval.evaluate(fns, state, step, eval_batches, model)
+                writer.write(step, results)
+                log_z = results.get("log_partition")
+                logging.info("eval step %d: %s", step, _format(results))
+                # Rates of the next progress line: training steps only, not the evaluation.
+                progress = ProgressLogger(num_steps, train_config.batch_size, start_step=step)
+            if do_save:
+                manager.save(step, {"train_state": unreplicate(state), "data_position": position})
+                last_saved = step
+        if pending is not None:
+            check(pending)
+        final = unreplicate(state)
+        manager.wait_until_finished()
+        path = workdir_files.export_ema(workdir, model_config, final)
+        logging.info("Done: step %d; EMA parameters in %s.", int(final.step), path)
+        return final
+    finally:
+        if prefetcher is not None:
+            prefetcher.close()
+        manager.close()  # waits for a save in flight
+        writer.close()
+
+
+def _check_run(model_config, train_config, train_data, eval_data, workdir) -> list:
+    """Validates the arguments of `run_training`; returns the devices to use."""
+    if not isinstance(model_config, ModelConfig):
+        raise TypeError(f"model_config must be a ModelConfig, got {type(model_config).__name__}")
+    if not isinstance(train_config, TrainConfig):
+        raise TypeError(f"train_config must be a TrainConfig, got {type(train_config).__name__}")
+    available = jax.local_devices()
+    num_devices = train_config.num_devices or len(available)
+    if num_devices > len(available):
+        raise ValueError(f"num_devices {num_devices} exceeds the {len(available)} local devices")
+    if train_config.batch_size % num_devices:
+        raise ValueError(f"batch_size {train_config.batch_size} is not a multiple of the {num_devices} devices")
+    for name, split in (("train_data", train_data), ("eval_data", eval_data)):
+        if not isinstance(split, data.DataSplit):
+            raise TypeError(f"{name} must be a pvpp.data.DataSplit, got {type(split).__name__}")
+        if tuple(split.images.shape[1:]) != model_config.image_shape:
+            raise ValueError(
+                f"{name} images are {tuple(split.images.shape[1:])} but model_config.image_shape is "
+                f"{model_config.image_shape}"
+            )
+    eval_batch_size = train_config.eval_batch_size or train_config.batch_size
+    if eval_batch_size % num_devices:
+        raise ValueError(f"eval_batch_size {eval_batch_size} is not a multiple of the {num_devices} devices")
+    if len(train_data) < train_config.batch_size:
+        raise ValueError(f"batch_size {train_config.batch_size} exceeds the {len(train_data)} training images")
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"workdir {workdir} exists and is not a directory")
+    return available[:num_devices]
+
+
+def _rename_train_metrics(model: PixelVAEPP, means: dict[str, float]) -> dict[str, float]:
+    """An unnormalised prior's training KL lacks log Z: it is logged as 'kl_minus_log_z'."""
+    if not model.prior.normalized and "kl" in means:
+        means = dict(means)
+        means["kl_minus_log_z"] = means.pop("kl")
+    return means
+
+
+class _MeanOfSteps:
+    """Running means of the per-step scalars since the last `pop`."""
+
+    def __init__(self):
+        self._sums: dict[str, float] = {}
+        self._count = 0
+
+    def add(self, values: Mapping[str, float]) -> None:
+        for name, value in values.items():
+            self._sums[name] = self._sums.get(name, 0.0) + value
+        self._count += 1
+
+    def pop(self) -> dict[str, float]:
+        means = {name: total / max(self._count, 1) for name, total in self._sums.items()}
+        self._sums, self._count = {}, 0
+        return means
+
+
+def _count(tree) -> int:
+    return int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(tree)))
+
+
+def _format(results: Mapping[str, float]) -> str:
+    return ", ".join(f"{name} {value:.4g}" for name, value in results.items())

@@ -1,0 +1,236 @@
+"""The files of a training run: every name in a workdir, what each holds, and how to read them back.
+
+    <workdir>/config.json        {"model": ModelConfig.to_dict(), "train": TrainConfig.to_dict(),
+                                  "data": DataConfig.to_dict(), "num_devices", "num_steps", "versions"}
+    <workdir>/metrics.jsonl      one line per log period ("train/...") and per evaluation ("eval/...",
+                                 "eval_ema/...", "log_partition..."), written by `pvpp.metrics.MetricsWriter`
+    <workdir>/checkpoints/<step> orbax checkpoints, the last `keep_checkpoints` (`checkpoint_template`):
+                                 {"train_state": TrainState (one copy), "data_position": {"seed", "epoch",
+                                 "batch_index"}}
+    <workdir>/ema_params         at the end: the EMA parameters and {"model": ..., "step": ...}
+                                 (`checkpoint.export_params`)
+    <workdir>/eval/, samples/    written by `python -m pvpp.experiments.evaluate` / `sample`
+
+Training (`pvpp.training.loop`) writes through `write_config`, `restore_or_init` and `export_ema`;
+evaluation and generation read through `load_for_inference`. Nothing here imports the training loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from pvpp import checkpoint
+from pvpp.model import ModelConfig, PixelVAEPP
+from pvpp.optim import ema_params, make_optimizer
+from pvpp.training.config import TrainConfig
+from pvpp.training.state import TrainState, init_train_state
+
+CONFIG_FILENAME = "config.json"
+CHECKPOINT_DIRNAME = "checkpoints"
+EMA_PARAMS_DIRNAME = "ema_params"
+_POSITION_KEYS = ("seed", "epoch", "batch_index")  # a data iterator's position (`BatchIterator.get_state`)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The run's configuration
+
+
+def write_config(workdir, description: Mapping[str, Any]) -> None:
+    """Writes `<workdir>/config.json` atomically (the workdir is created if needed)."""
+    os.makedirs(workdir, exist_ok=True)
+    write_json(os.path.join(workdir, CONFIG_FILENAME), description)
+
+
+def read_config(workdir) -> dict[str, Any] | None:
+    """The run description in `<workdir>/config.json`, or None when there is none."""
+    path = os.path.join(os.fspath(workdir), CONFIG_FILENAME)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def check_resumable(workdir, description: Mapping[str, Any]) -> None:
+    """A workdir holding another run (model, data, batch size or seed differ) is an error, not a restart."""
+    stored = read_config(workdir)
+    if stored is None:
+        return
+    new = json.loads(json.dumps(description))  # tuples -> lists, as stored
+    for part, names in (("model", None), ("data", ("name", "train_split")), ("train", ("batch_size", "seed"))):
+        old_part, new_part = stored.get(part, {}), new[part]
+        names = names or sorted(set(old_part) | set(new_part))
+        differ = [f"{k}: {old_part.get(k)!r} -> {new_part.get(k)!r}" for k in names if old_part.get(k) != new_part.get(k)]
+        if differ:
+            raise ValueError(
+                f"workdir {workdir} holds a run with another {part} configuration ({'; '.join(differ)}); "
+                "use a new workdir, or the original settings to resume"
+            )
+
+
+def write_json(path: str, value: Mapping[str, Any]) -> None:
+    """Atomically (write then rename), so a killed process never leaves a half-written file."""
+    temporary = f"{path}.tmp"
+    with open(temporary, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(temporary, path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def checkpoint_template(model_config: ModelConfig, train_config: TrainConfig, device: jax.Device) -> dict:
+    """What a checkpoint of this run holds, as shapes and dtypes on `device` (nothing computed or compiled).
+
+    {"train_state": TrainState of jax.ShapeDtypeStruct, "data_position": {"seed", "epoch", "batch_index"}}.
+    Pass it to `checkpoint.CheckpointManager.restore_latest` to read a run's checkpoints.
+    """
+    init = functools.partial(
+        init_train_state,
+        PixelVAEPP(model_config),
+        make_optimizer(train_config.optim),
+        negative_phase=train_config.step_config.negative_phase,
+    )
+    images = jax.ShapeDtypeStruct(
+        (train_config.init_batch_size or train_config.batch_size,) + model_config.image_shape, jnp.uint8
+    )
+    shapes = jax.eval_shape(init, jax.random.key(train_config.seed), images)
+    sharding = jax.sharding.SingleDeviceSharding(device)
+    state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+    return {"train_state": state, "data_position": {k: np.zeros((), np.int64) for k in _POSITION_KEYS}}
+
+
+def restore_or_init(manager, template: dict, init, root_key, init_images, train_iter) -> tuple[TrainState, int | None]:
+    """The latest readable checkpoint of `manager` (the iterator `train_iter` set to its position), else
+    `init(root_key, init_images)`. Returns (state, the restored step or None)."""
+    restored = manager.restore_latest(template)
+    if restored is None:
+        logging.info("Initialising from one batch of %d images (data-dependent init).", len(init_images))
+        return init(root_key, init_images), None
+    step, saved = restored
+    train_iter.set_state(saved["data_position"])
+    logging.info("Resumed from the checkpoint of step %d in %s.", step, manager.directory)
+    return saved["train_state"], step
+
+
+def export_ema(workdir, model_config: ModelConfig, state: TrainState) -> str:
+    """Writes the EMA parameters of `state` to `<workdir>/ema_params` (replacing an older export); its path."""
+    path = os.path.join(os.fspath(workdir), EMA_PARAMS_DIRNAME)
+    export = {"model": model_config.to_dict(), "step": int(state.step)}
+    checkpoint.export_params(path, ema_params(state.opt_state), export, overwrite=True)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading for inference (evaluation, generation, notebooks)
+
+
+class InferenceModel(NamedTuple):
+    """What evaluation and sampling need from a training run or an export.
+
+    model_config: the architecture. params: the 'params' collection (EMA parameters of a training run).
+    data: the run's `DataConfig.to_dict()` ({'name', 'data_dir', 'variant', 'validation_size', ...}) or None for a
+    bare export. source: where the parameters came from ({'kind', 'path', 'step'}), for the results.
+    """
+
+    model_config: ModelConfig
+    params: Any
+    data: dict[str, Any] | None
+    source: dict[str, Any]
+
+
+def load_for_inference(workdir=None, checkpoint_path=None) -> InferenceModel:
+    """Loads the parameters to evaluate or sample from (EMA parameters).
+
+    checkpoint_path given: an export directory (`checkpoint.export_params`: the training run's
+    `<workdir>/ema_params`, or `export_for_inference`); its config is {'model': ..., ...} or a bare
+    ModelConfig dict. The workdir's config.json, if there is one, still provides the data description.
+    Otherwise workdir: `<workdir>/config.json` gives the model and data; the parameters are the newest of
+    `<workdir>/ema_params` (written at the end of training) and the EMA inside the latest checkpoint of
+    `<workdir>/checkpoints` (a run still going, or stopped before its end).
+    Raises FileNotFoundError naming what is missing.
+    """
+    if workdir is None and checkpoint_path is None:
+        raise ValueError("give a workdir or a checkpoint_path")
+    run = None
+    if workdir is not None:
+        run = read_config(workdir)
+        if run is None and checkpoint_path is None:
+            raise FileNotFoundError(
+                f"workdir {os.fspath(workdir)!r} has no {CONFIG_FILENAME}: not a training workdir "
+                "(give an exported parameter directory as checkpoint_path instead)"
+            )
+    data_description = None if run is None else dict(run["data"])
+    if checkpoint_path is not None:
+        model_config, params, exported = load_exported(checkpoint_path)
+        if run is not None and ModelConfig.from_dict(run["model"]) != model_config:
+            raise ValueError(f"the parameters at {checkpoint_path} are of another model than the run in {workdir}")
+        if data_description is None and exported.get("dataset") is not None:
+            data_description = {"name": exported["dataset"]}
+        source = {"kind": "export", "path": os.path.abspath(checkpoint_path), "step": exported.get("step")}
+        return InferenceModel(model_config, params, data_description, source)
+
+    model_config = ModelConfig.from_dict(run["model"])
+    export_path = os.path.join(os.fspath(workdir), EMA_PARAMS_DIRNAME)
+    export_step = None
+    if os.path.exists(export_path):
+        export_step = checkpoint.load_params(export_path)[1].get("step")
+    checkpoints_path = os.path.join(os.fspath(workdir), CHECKPOINT_DIRNAME)
+    latest = None
+    if os.path.isdir(checkpoints_path):
+        with checkpoint.CheckpointManager(checkpoints_path, read_only=True) as manager:
+            latest = manager.latest_step()
+    if export_step is not None and (latest is None or export_step >= latest):
+        _, params, _ = load_exported(export_path)
+        source = {"kind": "ema_export", "path": os.path.abspath(export_path), "step": export_step}
+    elif latest is not None:
+        params, step = ema_from_checkpoint(model_config, TrainConfig.from_dict(run["train"]), checkpoints_path)
+        source = {"kind": "checkpoint_ema", "path": os.path.abspath(checkpoints_path), "step": step}
+    else:
+        raise FileNotFoundError(f"workdir {os.fspath(workdir)!r} has neither {EMA_PARAMS_DIRNAME} nor checkpoints")
+    return InferenceModel(model_config, params, data_description, source)
+
+
+def load_exported(path) -> tuple[ModelConfig, Any, dict[str, Any]]:
+    """(model config, params, the exported config dict) from a `checkpoint.export_params` directory.
+
+    The exported config is either a dict with a `ModelConfig.to_dict()` under 'model' (training's ema_params,
+    `export_for_inference`) or that dict itself.
+    """
+    params, exported = checkpoint.load_params(path)
+    model_dict = exported.get("model", exported) if isinstance(exported, Mapping) else None
+    if not isinstance(model_dict, Mapping):
+        raise ValueError(f"the parameters exported at {path} carry no model configuration")
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    return ModelConfig.from_dict({k: v for k, v in model_dict.items() if k in fields}), params, dict(exported)
+
+
+def export_for_inference(
+    path, model_config: ModelConfig, params: Any, *, dataset: str | None, step: int | None = None, overwrite: bool = False
+) -> None:
+    """Exports parameters (e.g. EMA ones) with {'model', 'dataset', 'step'}, readable by `load_for_inference`."""
+    checkpoint.export_params(
+        path, params, {"model": model_config.to_dict(), "dataset": dataset, "step": step}, overwrite=overwrite
+    )
+
+
+def ema_from_checkpoint(model_config: ModelConfig, train_config: TrainConfig, directory) -> tuple[Any, int]:
+    """The EMA parameters inside the latest readable training checkpoint in `directory`: (params, step)."""
+    template = checkpoint_template(model_config, train_config, jax.local_devices()[0])
+    with checkpoint.CheckpointManager(directory, read_only=True) as manager:
+        restored = manager.restore_latest(template)
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint in {directory}")
+    step, saved = restored
+    return ema_params(saved["train_state"].opt_state), int(step)
