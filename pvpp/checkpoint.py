@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import atexit
 import json
-import numbers
 import os
 import threading
 from collections.abc import Mapping
@@ -35,6 +34,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+
+from pvpp.validation import check_int
 
 PyTree = Any
 
@@ -66,8 +67,7 @@ class CheckpointManager:
     """
 
     def __init__(self, directory, *, max_to_keep: int = 3, async_save: bool = True, read_only: bool = False):
-        if isinstance(max_to_keep, bool) or not isinstance(max_to_keep, numbers.Integral) or max_to_keep < 1:
-            raise ValueError(f"max_to_keep must be an int >= 1, got {max_to_keep!r}")
+        check_int(max_to_keep, "max_to_keep", 1)
         self._directory = _absolute(directory)
         self._read_only = read_only
         options = ocp.CheckpointManagerOptions(
@@ -115,8 +115,7 @@ class CheckpointManager:
           ValueError: a bad or non-increasing step.
           RuntimeError: the manager is read-only or closed.
         """
-        if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
-            raise ValueError(f"step must be an int >= 0, got {step!r}")
+        check_int(step, "step", 0)
         step = int(step)
         self._check_writable()
         self._move_aside_unreadable_steps()

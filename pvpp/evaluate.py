@@ -9,7 +9,7 @@ prior 'none' is plain PixelCNN++, whose log-likelihood is exact). Units: nats pe
 per dimension, nll / (H * W * C * ln 2).
 
 Order of work (`evaluate`):
-1. log Z of the RBM prior: AIS with the evaluation effort (`EvalConfig.ais_*`; 10x the periodic training
+1. log Z of the RBM prior: AIS with the evaluation effort (`EvalConfig.ais`, an `AISConfig`; 10x the periodic training
    estimate, e.g. 10000 temperatures) or exact enumeration (small RBMs). AIS gives an interval
    [lower, upper] = log Z_0 + log(mean(w) -/+ 3 std(w) / sqrt(M)) over its M chains.
 2. The importance-weighted pass over the test images (`importance_weighted_pass`), jit-compiled once for the

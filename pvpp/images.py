@@ -19,6 +19,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from pvpp.validation import check_int
+
 DEFAULT_PAD_VALUE = 128
 
 
@@ -60,8 +62,7 @@ def make_grid(
     pixels = to_uint8_images(images, value_range)
     num, height, width, channels = pixels.shape
     for name, value, low in (("nrow", nrow, 1), ("padding", padding, 0), ("upscale", upscale, 1)):
-        if not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        check_int(value, name, low)
     fill = np.broadcast_to(np.asarray(pad_value), (channels,))
     if fill.dtype.kind not in "iu" or fill.min() < 0 or fill.max() > 255:
         raise ValueError(f"pad_value must be an int (or {channels} ints) in 0..255, got {pad_value!r}")

@@ -36,10 +36,9 @@ def bernoulli_log_prob(logits: jax.Array, x: jax.Array) -> jax.Array:
     return jnp.sum(per_element.reshape(per_element.shape[0], -1), axis=-1)
 
 
-def bernoulli_sample(key: jax.Array, logits: jax.Array) -> jax.Array:
-    """A {0, 1} sample (dtype of logits) of independent Bernoullis with the given log-odds; shape of logits.
-    (pvpp's one Bernoulli sampler, `relax.bernoulli_sample`.)"""
-    return relax.bernoulli_sample(key, logits)
+#: A {0, 1} sample (dtype of the logits) of independent Bernoullis: pvpp's one Bernoulli sampler, re-exported
+#: here as the pixel sampler of the Bernoulli likelihood.
+bernoulli_sample = relax.bernoulli_sample
 
 
 def logistic_mixture_log_prob(params: jax.Array, x: jax.Array) -> jax.Array:
@@ -81,9 +80,7 @@ def logistic_mixture_sample(key: jax.Array, params: jax.Array, num_channels: int
     one_hot = jax.nn.one_hot(component, logit_probs.shape[-1], dtype=params.dtype)[..., None, :]  # [..., 1, K]
     mean = jnp.sum(means * one_hot, axis=-1)  # [..., C]
     scale = jnp.exp(jnp.sum(log_scales * one_hot, axis=-1))
-    # Uniforms kept away from 0 and 1 so the logistic noise stays finite.
-    u = jax.random.uniform(key_logistic, mean.shape, mean.dtype, minval=1e-5, maxval=1.0 - 1e-5)
-    noise = scale * (jnp.log(u) - jnp.log1p(-u))
+    noise = scale * relax.logistic_noise(key_logistic, mean.shape, mean.dtype)
     values = []
     for c in range(num_channels):
         value = mean[..., c] + noise[..., c]
@@ -175,7 +172,7 @@ def _check_same_shape(a: jax.Array, b: jax.Array, name_a: str, name_b: str) -> N
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The likelihood of a model, as one object (`make_likelihood`, the only place that reads its name)
+# The likelihood of a model, as one object (`make_likelihood`: model code asks it, not the config's name)
 
 LIKELIHOODS = ("bernoulli", "logistic_mixture")
 
@@ -234,7 +231,9 @@ class LogisticMixturePixels:
 
 
 def make_likelihood(config) -> BernoulliPixels | LogisticMixturePixels:
-    """The likelihood of a `ModelConfig` (its `likelihood`, image channels and `nr_logistic_mix`)."""
+    """The likelihood of a `ModelConfig` (its `likelihood`, image channels and `nr_logistic_mix`); ValueError
+    naming the field that does not fit. (The generic sampler of `pvpp.sample` takes a likelihood's name, for
+    decoders that are not PixelVAEPP.)"""
     channels = config.image_shape[-1]
     if config.likelihood == "bernoulli":
         if channels != 1:

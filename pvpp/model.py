@@ -35,10 +35,11 @@ from pvpp.nn.weightnorm import WNConv, WNConvTranspose, WNDense
 from pvpp.pixelcnn import NUM_STAGES, DownPath, PixelCNNPP
 from pvpp.priors import PRIORS, Prior, make_prior, prior_type
 from pvpp.priors.rbm_prior import rbm_params
+from pvpp.validation import check_int
 
 __all__ = [
     "LIKELIHOODS", "PRIORS", "ModelConfig", "ModelOutput", "PixelVAEPP", "caltech101_config", "cifar10_config",
-    "count_params", "mnist_config", "omniglot_config", "rbm_params", "split_rbm_sides", "to_model_space",
+    "count_params", "mnist_config", "omniglot_config", "rbm_params", "to_model_space",
 ]
 
 
@@ -72,19 +73,18 @@ class ModelConfig:
     rbm_init_scale: float = 0.01
 
     def __post_init__(self):
-        object.__setattr__(self, "image_shape", tuple(int(d) for d in self.image_shape))
+        image_shape = tuple(self.image_shape)
+        for d in image_shape:
+            check_int(d, "image_shape", 1)
+        object.__setattr__(self, "image_shape", tuple(int(d) for d in image_shape))
         h, w, c = self.image_shape
         if h % 4 or w % 4 or h < 4 or w < 4:
             raise ValueError(f"image_shape H and W must be positive multiples of 4, got {self.image_shape}")
-        if self.likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
         make_likelihood(self)  # validates the likelihood's name against the channels
         for name in ("nr_resnet", "nr_filters", "nr_logistic_mix", "encoder_filters", "latent_map_channels"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            check_int(getattr(self, name), name, 1)
         for name in ("num_concat_latents", "num_cond_latents", "shared_latents_per_layer"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+            check_int(getattr(self, name), name, 0)
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
         if not self.tau > 0:
@@ -330,11 +330,6 @@ class LatentMap(nn.Module):
 def to_model_space(config: ModelConfig, images: jax.Array) -> jax.Array:
     """Data -> model space [-1, 1]: binary {0, 1} -> {-1, +1}; uint8 0..255 -> the 256-level grid."""
     return make_likelihood(config).to_model_space(images)
-
-
-def split_rbm_sides(config: ModelConfig, z: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """z [..., K] -> (z_left [..., rbm_num_left], z_right [..., K - rbm_num_left]) of an RBM prior."""
-    return z[..., : config.rbm_num_left], z[..., config.rbm_num_left :]
 
 
 def count_params(tree) -> int:

@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from pvpp import keys
 from pvpp.model import ModelOutput, PixelVAEPP
 from pvpp.priors import Prior
 
@@ -39,7 +40,11 @@ def relaxed_elbo_terms(
     """
     reconstruction = -likelihood.log_prob(output.decoder_out, x)
     kl, metrics = prior.relaxed_kl(
-        output.prior, output.posterior, output.latents, negative_phase=negative_phase, log_partition=log_partition
+        output.prior,
+        output.posterior,
+        output.latents,
+        negative_phase=negative_phase,
+        log_partition=log_partition,
     )
     return reconstruction, kl, metrics
 
@@ -99,7 +104,9 @@ def iwae_log_likelihood(
     if num_samples % chunk_size:
         raise ValueError(f"num_samples ({num_samples}) must be a multiple of chunk_size ({chunk_size})")
     if not prior.normalized and log_partition is None:
-        raise ValueError(f"the {prior.name} prior needs log_partition (exact, or from AIS) to give a likelihood")
+        raise ValueError(
+            f"the {prior.name} prior needs log_partition (exact, or from AIS) to give a likelihood"
+        )
     down, posterior = model.apply(variables, x, method=PixelVAEPP.encode_with_down_path)
     prior_params = model.apply(variables, method=PixelVAEPP.prior_params)
     if prior.num_latents == 0:  # plain PixelCNN++: one decode gives the exact log-likelihood
@@ -109,20 +116,24 @@ def iwae_log_likelihood(
         return dict(log_likelihood=exact, elbo=exact, reconstruction=exact, kl=zeros, log_weights=exact[None])
 
     batch = x.shape[0]
-    tile = lambda a: jnp.broadcast_to(a[None], (chunk_size,) + a.shape).reshape((chunk_size * batch,) + a.shape[1:])
+    tile = lambda a: jnp.broadcast_to(a[None], (chunk_size,) + a.shape).reshape(
+        (chunk_size * batch,) + a.shape[1:]
+    )
     down_tiled = jax.tree.map(tile, down)
     x_tiled = tile(x)
 
     def chunk(_, key_chunk):
         z = prior.posterior.sample(key_chunk, posterior, (chunk_size,))  # [C, B, K] hard samples
         log_q = prior.posterior.log_prob(z, posterior)  # [C, B]
-        out = model.apply(variables, down_tiled, z.reshape(chunk_size * batch, -1), method=PixelVAEPP.decode_with_down_path)
+        out = model.apply(
+            variables, down_tiled, z.reshape(chunk_size * batch, -1), method=PixelVAEPP.decode_with_down_path
+        )
         log_px = likelihood.log_prob(out, x_tiled).reshape(chunk_size, batch)
         log_pz = prior.log_prob_unnormalized(prior_params, z)  # [C, B]
         return None, (log_px, log_pz - log_q)
 
-    keys = jax.random.split(key, num_samples // chunk_size)
-    _, (log_px, log_ratio) = jax.lax.scan(chunk, None, keys)
+    chunk_keys = keys.fold_in_each(key, jnp.arange(num_samples // chunk_size))  # chunk c: fold_in(key, c)
+    _, (log_px, log_ratio) = jax.lax.scan(chunk, None, chunk_keys)
     log_px = log_px.reshape(num_samples, batch)
     log_ratio = log_ratio.reshape(num_samples, batch)
     log_z = 0.0 if log_partition is None else log_partition

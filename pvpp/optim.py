@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from pvpp.validation import check_int
+
 PyTree = Any
 
 
@@ -188,7 +190,6 @@ def kl_weight(step, warmup_steps: int, start: float = 0.0) -> jax.Array:
 
 
 def _check_kl_args(warmup_steps, start) -> None:
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-        raise ValueError(f"kl_warmup_steps must be an int >= 0, got {warmup_steps!r}")
+    check_int(warmup_steps, "kl_warmup_steps", 0)
     if not 0 <= start <= 1:
         raise ValueError(f"kl_start must be in [0, 1], got {start}")

@@ -34,6 +34,7 @@ from pvpp.nn.shifted import (
     right_shift,
 )
 from pvpp.nn.weightnorm import WNConv, WNDense
+from pvpp.validation import check_int
 
 NUM_STAGES = 3
 
@@ -69,12 +70,9 @@ class PixelCNNPP(nn.Module):
         return (self.nr_resnet + 1) * NUM_STAGES
 
     def setup(self):
-        if self.nr_resnet < 1:
-            raise ValueError(f"nr_resnet must be >= 1, got {self.nr_resnet}")
-        if self.nr_filters < 1 or self.out_channels < 1:
-            raise ValueError(
-                f"nr_filters and out_channels must be >= 1, got {self.nr_filters} and {self.out_channels}"
-            )
+        check_int(self.nr_resnet, "nr_resnet", 1)
+        check_int(self.nr_filters, "nr_filters", 1)
+        check_int(self.out_channels, "out_channels", 1)
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
         f = self.nr_filters

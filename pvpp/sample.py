@@ -83,9 +83,9 @@ def autoregressive_sample(
     num_pixels); use that function's `.lower(...)` for ahead-of-time compilation.
     """
     shape = _check_shape(shape)
-    keys = pixel_key_stream(key, shape[1] * shape[2])
+    pixel_keys = pixel_key_stream(key, shape[1] * shape[2])
     return autoregressive_sample_with_keys(
-        decode, keys, shape, likelihood, *decode_args, num_pixels=num_pixels
+        decode, pixel_keys, shape, likelihood, *decode_args, num_pixels=num_pixels
     )
 
 
@@ -116,7 +116,7 @@ def autoregressive_sample_with_keys(
 
 def pixel_key_stream(key: jax.Array, num_pixels: int) -> jax.Array:
     """The sampler's key stream: [num_pixels] keys, entry p = jax.random.fold_in(key, p)."""
-    return jax.vmap(lambda p: jax.random.fold_in(key, p))(jnp.arange(num_pixels))
+    return keys.fold_in_each(key, jnp.arange(num_pixels))
 
 
 def sample_pixel_values(
@@ -225,7 +225,8 @@ def _sample(decode, pixel_keys, shape, likelihood, decode_args, num_pixels) -> j
     total = height * width
     if num_pixels is None:
         num_pixels = total
-    if not isinstance(num_pixels, int) or not 0 <= num_pixels <= total:
+    check_int(num_pixels, "num_pixels", 0)
+    if num_pixels > total:
         raise ValueError(f"num_pixels must be an int in [0, H * W = {total}], got {num_pixels!r}")
 
     x = jnp.zeros(shape, jnp.float32)

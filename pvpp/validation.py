@@ -12,11 +12,16 @@ import jax
 import numpy as np
 
 
+class NotAnIntError(TypeError, ValueError):
+    """A value that should be an int is of another type (both a TypeError and a ValueError, so callers that
+    catch either, as the configs' users and absl flags do, see it)."""
+
+
 def check_int(value, name: str, minimum: int | None = None) -> int:
-    """`value` as a Python int. TypeError unless it is an integer (Python or NumPy; bool is refused), ValueError
-    when it is below `minimum`."""
+    """`value` as a Python int. NotAnIntError unless it is an integer (Python or NumPy; bool is refused),
+    ValueError when it is below `minimum`."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+        raise NotAnIntError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)

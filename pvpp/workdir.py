@@ -66,10 +66,18 @@ def check_resumable(workdir, description: Mapping[str, Any]) -> None:
     if stored is None:
         return
     new = json.loads(json.dumps(description))  # tuples -> lists, as stored
-    for part, names in (("model", None), ("data", ("name", "train_split")), ("train", ("batch_size", "seed"))):
+    for part, names in (
+        ("model", None),
+        ("data", ("name", "train_split")),
+        ("train", ("batch_size", "seed")),
+    ):
         old_part, new_part = stored.get(part, {}), new[part]
         names = names or sorted(set(old_part) | set(new_part))
-        differ = [f"{k}: {old_part.get(k)!r} -> {new_part.get(k)!r}" for k in names if old_part.get(k) != new_part.get(k)]
+        differ = [
+            f"{k}: {old_part.get(k)!r} -> {new_part.get(k)!r}"
+            for k in names
+            if old_part.get(k) != new_part.get(k)
+        ]
         if differ:
             raise ValueError(
                 f"workdir {workdir} holds a run with another {part} configuration ({'; '.join(differ)}); "
@@ -111,7 +119,9 @@ def checkpoint_template(model_config: ModelConfig, train_config: TrainConfig, de
     return {"train_state": state, "data_position": {k: np.zeros((), np.int64) for k in _POSITION_KEYS}}
 
 
-def restore_or_init(manager, template: dict, init, root_key, init_images, train_iter) -> tuple[TrainState, int | None]:
+def restore_or_init(
+    manager, template: dict, init, root_key, init_images, train_iter
+) -> tuple[TrainState, int | None]:
     """The latest readable checkpoint of `manager` (the iterator `train_iter` set to its position), else
     `init(root_key, init_images)`. Returns (state, the restored step or None)."""
     restored = manager.restore_latest(template)
@@ -175,7 +185,9 @@ def load_for_inference(workdir=None, checkpoint_path=None) -> InferenceModel:
     if checkpoint_path is not None:
         model_config, params, exported = load_exported(checkpoint_path)
         if run is not None and ModelConfig.from_dict(run["model"]) != model_config:
-            raise ValueError(f"the parameters at {checkpoint_path} are of another model than the run in {workdir}")
+            raise ValueError(
+                f"the parameters at {checkpoint_path} are of another model than the run in {workdir}"
+            )
         if data_description is None and exported.get("dataset") is not None:
             data_description = {"name": exported["dataset"]}
         source = {"kind": "export", "path": os.path.abspath(checkpoint_path), "step": exported.get("step")}
@@ -195,10 +207,14 @@ def load_for_inference(workdir=None, checkpoint_path=None) -> InferenceModel:
         _, params, _ = load_exported(export_path)
         source = {"kind": "ema_export", "path": os.path.abspath(export_path), "step": export_step}
     elif latest is not None:
-        params, step = ema_from_checkpoint(model_config, TrainConfig.from_dict(run["train"]), checkpoints_path)
+        params, step = ema_from_checkpoint(
+            model_config, TrainConfig.from_dict(run["train"]), checkpoints_path
+        )
         source = {"kind": "checkpoint_ema", "path": os.path.abspath(checkpoints_path), "step": step}
     else:
-        raise FileNotFoundError(f"workdir {os.fspath(workdir)!r} has neither {EMA_PARAMS_DIRNAME} nor checkpoints")
+        raise FileNotFoundError(
+            f"workdir {os.fspath(workdir)!r} has neither {EMA_PARAMS_DIRNAME} nor checkpoints"
+        )
     return InferenceModel(model_config, params, data_description, source)
 
 
@@ -217,7 +233,13 @@ def load_exported(path) -> tuple[ModelConfig, Any, dict[str, Any]]:
 
 
 def export_for_inference(
-    path, model_config: ModelConfig, params: Any, *, dataset: str | None, step: int | None = None, overwrite: bool = False
+    path,
+    model_config: ModelConfig,
+    params: Any,
+    *,
+    dataset: str | None,
+    step: int | None = None,
+    overwrite: bool = False,
 ) -> None:
     """Exports parameters (e.g. EMA ones) with {'model', 'dataset', 'step'}, readable by `load_for_inference`."""
     checkpoint.export_params(

@@ -35,7 +35,11 @@ def _modules() -> dict[str, pathlib.Path]:
 
 
 def test_no_module_is_longer_than_500_lines():
-    long = {str(p.relative_to(PACKAGE.parent)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    long = {
+        str(p.relative_to(PACKAGE.parent)): n
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
     assert not long, long
 
 
@@ -60,7 +64,7 @@ def test_the_package_has_no_import_cycle():
         state[node] = "open"
         for dep in sorted(graph.get(node, ())):
             if state.get(dep) == "open":
-                cycles.append(stack[stack.index(dep):] + [dep])
+                cycles.append(stack[stack.index(dep) :] + [dep])
             elif dep not in state:
                 visit(dep, stack + [dep])
         state[node] = "done"
@@ -77,7 +81,10 @@ def test_imports_sit_at_the_top_of_modules():
         rel = str(path.relative_to(PACKAGE.parent))
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                if any(isinstance(n, (ast.Import, ast.ImportFrom)) for n in ast.walk(node)) and rel not in DEFERRED_IMPORTS:
+                if (
+                    any(isinstance(n, (ast.Import, ast.ImportFrom)) for n in ast.walk(node))
+                    and rel not in DEFERRED_IMPORTS
+                ):
                     found.append(f"{rel}:{node.lineno} {node.name}")
     assert not found, found
 
@@ -136,8 +143,15 @@ class FixedBernoulliPrior(Prior):
 
 def test_a_new_prior_is_one_class_and_one_entry_where_priors_are_built(monkeypatch):
     monkeypatch.setitem(build.PRIOR_TYPES, "fixed_bernoulli", FixedBernoulliPrior)
-    config = ModelConfig(image_shape=(8, 8, 1), nr_resnet=1, nr_filters=4, num_concat_latents=6,
-                         prior="fixed_bernoulli", encoder_filters=4, latent_map_channels=2)
+    config = ModelConfig(
+        image_shape=(8, 8, 1),
+        nr_resnet=1,
+        nr_filters=4,
+        num_concat_latents=6,
+        prior="fixed_bernoulli",
+        encoder_filters=4,
+        latent_map_channels=2,
+    )
     assert config.num_latents == 6 and config.num_posterior_params == 6
     devices = tuple(jax.local_devices()[:1])
     fns = train.step_functions(config, train.TrainConfig(batch_size=4, num_steps=1, num_devices=1), devices)

@@ -11,7 +11,7 @@ from helpers import random_variables
 from pvpp import objectives, relax
 from pvpp.likelihoods import make_likelihood
 from pvpp.priors import make_prior, rbm_prior
-from pvpp.model import ModelConfig, ModelOutput, PixelVAEPP, rbm_params, split_rbm_sides
+from pvpp.model import ModelConfig, ModelOutput, PixelVAEPP, rbm_params
 from pvpp.priors import rbm
 
 TINY = ModelConfig(
@@ -108,7 +108,7 @@ def test_relaxed_loss_tends_to_the_discrete_negative_elbo():
         logits = model.apply(variables, x, method=PixelVAEPP.encode)
         z = relax.hard_from_noise(logits, relax.logistic_noise(key, logits.shape))
         log_px = make_likelihood(TINY).log_prob(model.apply(variables, x, z, method=PixelVAEPP.decode), x)
-        z_left, z_right = split_rbm_sides(TINY, z)
+        z_left, z_right = make_prior(TINY).split(z)
         elbo = log_px - rbm.energy(prior, z_left, z_right) - log_z - relax.proxy_log_q(z, logits)
         return relaxed, -jnp.mean(elbo), out.latents
 
@@ -127,7 +127,7 @@ def test_rbm_gradient_is_positive_minus_negative_phase():
         return objectives.relaxed_elbo_loss(make_prior(TINY), make_likelihood(TINY), out, x, beta_kl=0.7, negative_phase=negative)[0], out.latents
 
     grads, zeta = jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
-    zl, zr = split_rbm_sides(TINY, np.asarray(zeta, np.float64))
+    zl, zr = make_prior(TINY).split(np.asarray(zeta, np.float64))
     # Exact moments of the RBM by enumerating every joint state (10 + 12 units), independent of the library.
     p = {k: np.asarray(v, np.float64) for k, v in variables["params"]["rbm"].items()}
     left = ((np.arange(2**10)[:, None] >> np.arange(10)) & 1).astype(np.float64)
@@ -153,7 +153,7 @@ def test_encoder_gets_path_derivatives_only(prior):
     x = _binary_images(jax.random.key(1), 1)
     decoder_out = jax.random.normal(jax.random.key(2), (1, 8, 8, 1))
     if prior == "rbm":
-        left, right = split_rbm_sides(config, logits[0])
+        left, right = make_prior(config).split(logits[0])
         prior_params = rbm.RBMParams(left, right, jnp.zeros((left.shape[0], right.shape[0])))
         extra = dict(negative_phase=rbm_prior.exact_negative_phase(prior_params), log_partition=rbm.exact_log_partition(prior_params))
     else:

@@ -21,17 +21,35 @@ BATCH = 8
 
 def _config(prior):
     return ModelConfig(
-        image_shape=(28, 28, 1), nr_resnet=1, nr_filters=8, num_concat_latents=32, prior=prior, rbm_num_left=16,
-        encoder_filters=8, dropout_rate=0.0, rbm_init_scale=0.01,
+        image_shape=(28, 28, 1),
+        nr_resnet=1,
+        nr_filters=8,
+        num_concat_latents=32,
+        prior=prior,
+        rbm_num_left=16,
+        encoder_filters=8,
+        dropout_rate=0.0,
+        rbm_init_scale=0.01,
     )
 
 
 # Adam (0.95, 0.9995) at 2e-3 without decay, KL annealed from 0 over the first 90% of the steps (the paper's
 # warm-up), the RBM's negative phase from 64 persistent chains with one sweep per step.
 TRAIN = train.TrainConfig(
-    batch_size=BATCH, num_steps=NUM_STEPS, num_devices=1, init_batch_size=32, num_chains=64, sweeps_per_step=1,
-    optim=OptimConfig(learning_rate=2e-3, lr_decay_per_step=1.0, adam_b1=0.95, adam_b2=0.9995,
-                      kl_warmup_steps=int(0.9 * NUM_STEPS), kl_start=0.0),
+    batch_size=BATCH,
+    num_steps=NUM_STEPS,
+    num_devices=1,
+    init_batch_size=32,
+    num_chains=64,
+    sweeps_per_step=1,
+    optim=OptimConfig(
+        learning_rate=2e-3,
+        lr_decay_per_step=1.0,
+        adam_b1=0.95,
+        adam_b2=0.9995,
+        kl_warmup_steps=int(0.9 * NUM_STEPS),
+        kl_start=0.0,
+    ),
 )
 
 
@@ -69,7 +87,12 @@ def _held_out(model, variables, data_dir, num_samples):
     log_z = prior.log_partition(prior.prior_params(variables["params"]), jax.random.key(0), method="exact")
     fn = jax.jit(
         lambda v, x, key: objectives.iwae_log_likelihood(
-            model, v, x, key, num_samples=num_samples, chunk_size=min(num_samples, 10),
+            model,
+            v,
+            x,
+            key,
+            num_samples=num_samples,
+            chunk_size=min(num_samples, 10),
             log_partition=None if log_z is None else log_z.estimate,
         )
     )
@@ -85,7 +108,9 @@ def test_loss_falls_and_latents_are_used(prior, data_dir):
     assert np.all(history["finite"]) and np.all(np.isfinite(history["loss"]))
     assert last < first - 0.15 * abs(first), (first, last)
     held_out = _held_out(model, variables, data_dir, num_samples=10)
-    kl = float(jnp.mean(held_out["kl"]))  # E_q[log q(z|x) - log p(z)] with hard samples (exact log Z for the RBM)
+    kl = float(
+        jnp.mean(held_out["kl"])
+    )  # E_q[log q(z|x) - log p(z)] with hard samples (exact log Z for the RBM)
     if prior == "none":
         assert kl == 0.0  # no latents: the log-likelihood is exact
     else:

@@ -19,11 +19,28 @@ from pvpp import data, train, workdir as workdir_files
 from pvpp.model import ModelConfig
 
 ARCHIVE = pathlib.Path(__file__).resolve().parent / "data" / "workdir_v0.1.0.tar.gz"
-MODEL = ModelConfig(image_shape=(8, 8, 1), nr_resnet=1, nr_filters=4, dropout_rate=0.0, num_concat_latents=8,
-                    rbm_num_left=4, encoder_filters=4, latent_map_channels=2)
-TRAIN = train.TrainConfig(batch_size=8, num_steps=2, num_devices=1, num_chains=4, log_every=1, eval_every=2,
-                          eval_examples=8, checkpoint_every=1, keep_checkpoints=2,
-                          log_z_ais=train.AISConfig(num_chains=8, num_betas=10))
+MODEL = ModelConfig(
+    image_shape=(8, 8, 1),
+    nr_resnet=1,
+    nr_filters=4,
+    dropout_rate=0.0,
+    num_concat_latents=8,
+    rbm_num_left=4,
+    encoder_filters=4,
+    latent_map_channels=2,
+)
+TRAIN = train.TrainConfig(
+    batch_size=8,
+    num_steps=2,
+    num_devices=1,
+    num_chains=4,
+    log_every=1,
+    eval_every=2,
+    eval_examples=8,
+    checkpoint_every=1,
+    keep_checkpoints=2,
+    log_z_ais=train.AISConfig(num_chains=8, num_betas=10),
+)
 
 
 def _old_workdir(tmp_path) -> pathlib.Path:
@@ -47,8 +64,11 @@ def test_an_old_workdir_loads_for_inference_and_resumes(tmp_path, caplog):
     images = (np.random.default_rng(0).uniform(size=(32, 8, 8, 1)) < 0.4).astype(np.uint8)
     with caplog.at_level(logging.INFO):
         state = train.run_training(
-            MODEL, TRAIN.replace(num_steps=4), data.DataSplit("synthetic", "train", images, None, "static"),
-            data.DataSplit("synthetic", "test", images[:8], None, "static"), workdir,
+            MODEL,
+            TRAIN.replace(num_steps=4),
+            data.DataSplit("synthetic", "train", images, None, "static"),
+            data.DataSplit("synthetic", "test", images[:8], None, "static"),
+            workdir,
         )
     assert any("Resumed from the checkpoint of step 2" in r.getMessage() for r in caplog.records)
     assert int(state.step) == 4 and state.chains.z_left.shape == (4, 4)

@@ -9,6 +9,8 @@ another stream.
 
 import numpy as np
 
+from pvpp.validation import check_int
+
 SHUFFLE_STREAM = 0  # first spawn-key entry of the iterator's per-epoch permutation
 BINARIZE_STREAM = 1  # first spawn-key entry of the per-image binarization generators
 
@@ -30,9 +32,8 @@ def binarize_dynamically(images: np.ndarray, example_ids: np.ndarray, *, seed: i
         raise TypeError(f"images must be uint8 grey levels 0..255, got dtype {images.dtype}")
     if example_ids.shape != images.shape[:1]:
         raise ValueError(f"example_ids must have shape [B] = {images.shape[:1]}, got {example_ids.shape}")
-    for arg, value in (("seed", seed), ("epoch", epoch)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"{arg} must be a non-negative int, got {value!r}")
+    check_int(seed, "seed", 0)
+    check_int(epoch, "epoch", 0)
     out = np.empty(images.shape, np.uint8)
     for row, example_id in enumerate(example_ids.tolist()):
         generator = np.random.Generator(

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from pvpp.data import binarize
+from pvpp.validation import check_int
 
 REMAINDERS = ("drop", "pad", "keep")
 _STATE_KEYS = ("seed", "epoch", "batch_index")
@@ -65,14 +66,14 @@ class BatchIterator:
         count = images.shape[0]
         if labels is not None and np.shape(labels) != (count,):
             raise ValueError(f"labels must have shape [N] = ({count},), got {np.shape(labels)}")
-        _check_int("batch_size", batch_size, minimum=1)
-        _check_int("seed", seed, minimum=0)
+        check_int(batch_size, "batch_size", 1)
+        check_int(seed, "seed", 0)
         if num_devices is not None:
-            _check_int("num_devices", num_devices, minimum=1)
+            check_int(num_devices, "num_devices", 1)
             if batch_size % num_devices:
                 raise ValueError(f"batch_size {batch_size} is not a multiple of num_devices {num_devices}")
         if num_epochs is not None:
-            _check_int("num_epochs", num_epochs, minimum=0)
+            check_int(num_epochs, "num_epochs", 0)
         if remainder not in REMAINDERS:
             raise ValueError(f"remainder must be one of {REMAINDERS}, got {remainder!r}")
         if np.dtype(dtype) not in (np.dtype(np.uint8), np.dtype(np.float32)):
@@ -188,6 +189,3 @@ def _pad(value: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([value, padding])
 
 
-def _check_int(name: str, value, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")

@@ -43,6 +43,7 @@ except ImportError:
 
 from pvpp.data import builders
 from pvpp.data import sources
+from pvpp.validation import check_int
 from pvpp.data.catalog import DATASET_NAMES
 from pvpp.data.catalog import SPLITS
 from pvpp.data.catalog import DataSplit
@@ -225,7 +226,8 @@ def _tfds_split(name: str, spec: DatasetSpec, split: str, num_train: int, valida
             )
         return split
     size = spec.default_validation_size if validation_size is None else validation_size
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 0 <= size < num_train:
+    check_int(size, "validation_size", 0)
+    if size >= num_train:
         raise ValueError(
             f"validation_size must be an int in [0, {num_train}) for {name}, got {validation_size!r}"
         )

@@ -1,9 +1,10 @@
 """What a prior offers the model, the objectives, training, evaluation and generation.
 
-A prior is one small frozen object, built once from the model configuration by `pvpp.priors.make_prior` (the
-only code that looks at a prior's name). Nothing else asks which prior it has: it asks the object. Every prior
-derives from `Prior` below and overrides what differs; shapes follow `sample_shape + batch_shape + [K]` with K
-the number of latents, and every log-probability is in nats.
+A prior is one small frozen object, built from the model configuration by `pvpp.priors.make_prior` (the only
+code that looks at a prior's name; building one is cheap, so code builds it where it needs it). Nothing else
+asks which prior it has: it asks the object. Every prior derives from `Prior` below and overrides what
+differs; shapes follow `sample_shape + batch_shape + [K]` with K the number of latents, and every
+log-probability is in nats.
 
     the posterior family  prior.posterior: q(z | x) from the encoders' outputs (`pvpp.priors.posteriors`):
                           relaxed_sample (training), sample (hard: evaluation, generation), log_prob
@@ -132,6 +133,11 @@ class Prior:
         log_partition: log Z if known (a constant of the value; without it an unnormalised prior's KL lacks it).
         """
         raise NotImplementedError
+
+    def negative_phase_settings(self, settings: NegativePhaseConfig) -> NegativePhaseConfig:
+        """`settings` reduced to what this prior reads (defaults for the rest), so that compiled functions are
+        shared by runs whose settings differ only in what the prior ignores."""
+        return NegativePhaseConfig()
 
     def init_chains(self, prior_params: Any, key: jax.Array, settings: NegativePhaseConfig) -> Any:
         """The negative-phase state at step 0 (persistent chains) or None."""

@@ -35,7 +35,9 @@ class BernoulliPosterior:
         """The encoders' outputs of the latent groups, each [B, n_g], as one [B, K] in group order."""
         return jnp.concatenate(list(groups), axis=-1)
 
-    def relaxed_sample(self, key: jax.Array, logits: jax.Array, tau: float | jax.Array | None = None) -> jax.Array:
+    def relaxed_sample(
+        self, key: jax.Array, logits: jax.Array, tau: float | jax.Array | None = None
+    ) -> jax.Array:
         """zeta in (0, 1) [..., K], differentiable in the logits (tau: None = self.tau)."""
         return relax.gumbel_sigmoid(key, logits, self.tau if tau is None else tau)
 

@@ -72,7 +72,8 @@ class RBMPrior(Prior):
         return RBMParameters(self.num_left, self.num_right, self.init_scale)
 
     def prior_params(self, params: Any) -> rbm.RBMParams:
-        return rbm_params(params)
+        tree = params[self.param_scope]
+        return rbm.RBMParams(tree["left_bias"], tree["right_bias"], tree["weights"])
 
     def split(self, z: jax.Array) -> tuple[jax.Array, jax.Array]:
         """z [..., K] -> (z_left [..., nL], z_right [..., nR])."""
@@ -103,6 +104,14 @@ class RBMPrior(Prior):
             kl = kl + jax.lax.stop_gradient(log_partition)
         return kl, metrics
 
+    def negative_phase_settings(self, settings: NegativePhaseConfig) -> NegativePhaseConfig:
+        default = NegativePhaseConfig()
+        if settings.kind == "pcd":  # AIS settings unused
+            return dataclasses.replace(settings, ais=default.ais)
+        return dataclasses.replace(
+            settings, num_chains=default.num_chains, sweeps_per_step=default.sweeps_per_step
+        )
+
     def init_chains(self, prior_params, key, settings: NegativePhaseConfig) -> rbm.ChainState | None:
         if settings.kind != "pcd":
             return None
@@ -132,7 +141,9 @@ class RBMPrior(Prior):
             return LogPartition(value, value, value, None)
         result = ais.run(prior_params, key)
         return LogPartition(
-            result.log_partition, result.log_partition_lower, result.log_partition_upper,
+            result.log_partition,
+            result.log_partition_lower,
+            result.log_partition_upper,
             result.effective_sample_size,
         )
 
@@ -160,9 +171,8 @@ class RBMParameters(nn.Module):
 
 
 def rbm_params(params: Any) -> rbm.RBMParams:
-    """The RBM inside a PixelVAEPP 'params' collection."""
-    tree = params["rbm"]
-    return rbm.RBMParams(tree["left_bias"], tree["right_bias"], tree["weights"])
+    """The RBM inside a PixelVAEPP 'params' collection (a shorthand for notebooks)."""
+    return RBMPrior.prior_params(RBMPrior(1, 1), params)
 
 
 def negative_phase_from_chains(chains: rbm.ChainState) -> NegativePhase:
@@ -182,8 +192,12 @@ def exact_negative_phase(params: rbm.RBMParams) -> NegativePhase:
     E_p[E(z)] and its gradient are exact. Enumerates 2^nL states (nL <= 20)."""
     num_left = params.left_bias.shape[0]
     if num_left > 20:
-        raise ValueError(f"exact_negative_phase enumerates the left side: {num_left} units is too many (max 20)")
-    states = ((jnp.arange(2**num_left)[:, None] >> jnp.arange(num_left)[None, :]) & 1).astype(params.weights.dtype)
+        raise ValueError(
+            f"exact_negative_phase enumerates the left side: {num_left} units is too many (max 20)"
+        )
+    states = ((jnp.arange(2**num_left)[:, None] >> jnp.arange(num_left)[None, :]) & 1).astype(
+        params.weights.dtype
+    )
     log_weights = -rbm.free_energy_left(params, states)
     z_right = jax.nn.sigmoid(states @ params.weights + params.right_bias[None, :])
     return NegativePhase(states, z_right, jax.nn.softmax(log_weights))

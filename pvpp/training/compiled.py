@@ -15,7 +15,7 @@ import jax
 
 from pvpp.model import ModelConfig, PixelVAEPP
 from pvpp.optim import OptimConfig, make_optimizer
-from pvpp.priors import AISConfig, NegativePhaseConfig
+from pvpp.priors import AISConfig, NegativePhaseConfig, make_prior
 from pvpp.training.config import StepConfig, TrainConfig
 from pvpp.training.state import init_train_state
 from pvpp.training.step import AXIS, eval_step, train_step
@@ -39,6 +39,9 @@ class StepFunctions:
 def step_functions(model_config: ModelConfig, config: TrainConfig, devices: tuple) -> StepFunctions:
     """The compiled functions of a run for `devices` (a tuple of jax devices)."""
     step_config = config.step_config
+    # Only what the prior reads goes into the cache key (a Gaussian run ignores --num_chains, PCD the AIS effort).
+    negative_phase = make_prior(model_config).negative_phase_settings(step_config.negative_phase)
+    step_config = dataclasses.replace(step_config, negative_phase=negative_phase)
     init, init_counter = _init_function(model_config, step_config.optim, step_config.negative_phase)
     train, train_counter = _train_function(model_config, step_config, devices)
     evaluate, eval_counter = _eval_function(model_config, devices)
@@ -79,7 +82,10 @@ def _init_function(model_config: ModelConfig, optim: OptimConfig, negative_phase
 @functools.lru_cache(maxsize=8)
 def _train_function(model_config: ModelConfig, step_config: StepConfig, devices: tuple):
     step = functools.partial(
-        train_step, model=PixelVAEPP(model_config), optimizer=make_optimizer(step_config.optim), config=step_config
+        train_step,
+        model=PixelVAEPP(model_config),
+        optimizer=make_optimizer(step_config.optim),
+        config=step_config,
     )
     counter = TraceCounter("train", step)
     return jax.pmap(counter, axis_name=AXIS, devices=devices, donate_argnums=(0,)), counter

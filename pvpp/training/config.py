@@ -108,9 +108,13 @@ class TrainConfig:
         check_choice(self.negative_phase, "negative_phase", NEGATIVE_PHASES)
         for name, expected in (("optim", OptimConfig), ("negative_ais", AISConfig), ("log_z_ais", AISConfig)):
             if not isinstance(getattr(self, name), expected):
-                raise TypeError(f"{name} must be a {expected.__name__}, got {type(getattr(self, name)).__name__}")
+                raise TypeError(
+                    f"{name} must be a {expected.__name__}, got {type(getattr(self, name)).__name__}"
+                )
         if self.num_devices is not None and self.batch_size % self.num_devices:
-            raise ValueError(f"batch_size {self.batch_size} is not a multiple of num_devices {self.num_devices}")
+            raise ValueError(
+                f"batch_size {self.batch_size} is not a multiple of num_devices {self.num_devices}"
+            )
 
     @property
     def step_config(self) -> StepConfig:

@@ -73,7 +73,9 @@ def run_training(
     devices = _check_run(model_config, train_config, train_data, eval_data, workdir)
     num_devices = len(devices)
     model = PixelVAEPP(model_config)
-    train_iter = data.batch_iterator(train_data, train_config.batch_size, seed=train_config.seed, num_devices=num_devices)
+    train_iter = data.batch_iterator(
+        train_data, train_config.batch_size, seed=train_config.seed, num_devices=num_devices
+    )
     num_steps = train_config.num_steps or train_config.num_epochs * train_iter.num_batches_per_epoch
     run_description = {
         "model": model_config.to_dict(),
@@ -90,7 +92,9 @@ def run_training(
     fns = step_functions(model_config, train_config, tuple(devices))
     mesh_sharding = device_sharding(devices)
     init_images = next(
-        data.batch_iterator(train_data, train_config.init_batch_size or train_config.batch_size, seed=train_config.seed)
+        data.batch_iterator(
+            train_data, train_config.init_batch_size or train_config.batch_size, seed=train_config.seed
+        )
     )["image"]
     root_key = jax.random.key(train_config.seed)
     eval_batches = periodic_eval.eval_batches(eval_data, train_config, num_devices, mesh_sharding)
@@ -196,7 +200,9 @@ def _check_run(model_config, train_config, train_data, eval_data, workdir) -> li
     if num_devices > len(available):
         raise ValueError(f"num_devices {num_devices} exceeds the {len(available)} local devices")
     if train_config.batch_size % num_devices:
-        raise ValueError(f"batch_size {train_config.batch_size} is not a multiple of the {num_devices} devices")
+        raise ValueError(
+            f"batch_size {train_config.batch_size} is not a multiple of the {num_devices} devices"
+        )
     for name, split in (("train_data", train_data), ("eval_data", eval_data)):
         if not isinstance(split, data.DataSplit):
             raise TypeError(f"{name} must be a pvpp.data.DataSplit, got {type(split).__name__}")
@@ -209,7 +215,9 @@ def _check_run(model_config, train_config, train_data, eval_data, workdir) -> li
     if eval_batch_size % num_devices:
         raise ValueError(f"eval_batch_size {eval_batch_size} is not a multiple of the {num_devices} devices")
     if len(train_data) < train_config.batch_size:
-        raise ValueError(f"batch_size {train_config.batch_size} exceeds the {len(train_data)} training images")
+        raise ValueError(
+            f"batch_size {train_config.batch_size} exceeds the {len(train_data)} training images"
+        )
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ValueError(f"workdir {workdir} exists and is not a directory")
     return available[:num_devices]

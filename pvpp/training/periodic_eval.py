@@ -24,7 +24,9 @@ from pvpp.training.devices import first_copy_scalars, unreplicate
 from pvpp.training.state import TrainState
 
 
-def evaluate(fns: StepFunctions, state: TrainState, step: int, eval_batches: list, model: PixelVAEPP) -> dict[str, float]:
+def evaluate(
+    fns: StepFunctions, state: TrainState, step: int, eval_batches: list, model: PixelVAEPP
+) -> dict[str, float]:
     """Metrics of the current and the EMA parameters (replicated `state`) on the fixed evaluation batches."""
     prior, likelihood = model.prior, model.likelihood
     results: dict[str, float] = {}
@@ -57,7 +59,9 @@ def evaluate(fns: StepFunctions, state: TrainState, step: int, eval_batches: lis
             results[f"{prefix}/{name}"] = total / count
         if likelihood.reports_bits_per_dim:
             dims = math.prod(model.config.image_shape)
-            results[f"{prefix}/negative_elbo_bpd"] = results[f"{prefix}/negative_elbo"] / (dims * math.log(2.0))
+            results[f"{prefix}/negative_elbo_bpd"] = results[f"{prefix}/negative_elbo"] / (
+                dims * math.log(2.0)
+            )
     return results
 
 
@@ -72,7 +76,13 @@ def eval_batches(eval_data, config: TrainConfig, num_devices: int, sharding) -> 
     batch_size = config.eval_batch_size or config.batch_size
     batch_size = min(batch_size, -(-count // num_devices) * num_devices)  # no batch larger than the subset
     iterator = data.batch_iterator(
-        subset, batch_size, seed=config.seed, shuffle=False, num_epochs=1, remainder="pad", num_devices=num_devices
+        subset,
+        batch_size,
+        seed=config.seed,
+        shuffle=False,
+        num_epochs=1,
+        remainder="pad",
+        num_devices=num_devices,
     )
     return [(jax.device_put(b["image"], sharding), jax.device_put(b["mask"], sharding)) for b in iterator]
 

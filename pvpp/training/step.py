@@ -45,6 +45,8 @@ def train_step(
     Returns the new state and metrics averaged over all devices (nats per image; 'finite' is False when the
     loss, the gradient norm or a new parameter is NaN / inf).
     """
+    if not isinstance(config, StepConfig):
+        raise TypeError(f"config must be a StepConfig (TrainConfig.step_config), got {type(config).__name__}")
     prior, likelihood = model.prior, model.likelihood
     step = state.step
     x = to_model_space(model.config, images)
@@ -75,7 +77,9 @@ def train_step(
     params = optax.apply_updates(state.params, updates)
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["learning_rate"] = learning_rate_schedule(config.optim)(step)
-    metrics["finite"] = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"]) & _all_finite(params)
+    metrics["finite"] = (
+        jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"]) & _all_finite(params)
+    )
     new_state = state.replace(step=step + 1, params=params, opt_state=opt_state, chains=chains)
     return new_state, metrics
 
@@ -140,10 +144,14 @@ def forward(
     )
     latents = jax.vmap(model.prior.posterior.relaxed_sample)(latent_keys, posterior)
     decoder_out = model.apply(
-        variables, down, latents, train=train, method=PixelVAEPP.decode_with_down_path, rngs={"dropout": up_key}
+        variables,
+        down,
+        latents,
+        train=train,
+        method=PixelVAEPP.decode_with_down_path,
+        rngs={"dropout": up_key},
     )
-    prior_params = model.apply(variables, method=PixelVAEPP.prior_params)
-    return ModelOutput(posterior, latents, decoder_out, prior_params)
+    return ModelOutput(posterior, latents, decoder_out, model.prior.prior_params(params))
 
 
 def example_keys(key: jax.Array, per_device: int) -> jax.Array:
