@@ -2,7 +2,7 @@
 resumes and loads.
 
 `data/workdir_v0.1.0.tar.gz` holds config.json, the checkpoint of step 2 and ema_params of a 2-step run of
-MODEL / TRAIN below on the 32 synthetic images below, made by that commit's `pvpp.train.run_training`. The
+test_train's MODEL / TRAIN on its synthetic images, made by that commit's `pvpp.train.run_training`. The
 parameter tree ('rbm', 'bernoulli_prior', the encoders) and the checkpoint layout (TrainState with 'chains')
 were kept, so old runs restore unchanged; only the key streams changed (a resumed old run draws other, equally
 distributed, noise than the old code would have).
@@ -15,32 +15,12 @@ import tarfile
 import jax
 import numpy as np
 
-from pvpp import data, train, workdir as workdir_files
-from pvpp.model import ModelConfig
+from pvpp import train, workdir as workdir_files
+from test_train import MODEL, TRAIN, synthetic_splits
 
 ARCHIVE = pathlib.Path(__file__).resolve().parent / "data" / "workdir_v0.1.0.tar.gz"
-MODEL = ModelConfig(
-    image_shape=(8, 8, 1),
-    nr_resnet=1,
-    nr_filters=4,
-    dropout_rate=0.0,
-    num_concat_latents=8,
-    rbm_num_left=4,
-    encoder_filters=4,
-    latent_map_channels=2,
-)
-TRAIN = train.TrainConfig(
-    batch_size=8,
-    num_steps=2,
-    num_devices=1,
-    num_chains=4,
-    log_every=1,
-    eval_every=2,
-    eval_examples=8,
-    checkpoint_every=1,
-    keep_checkpoints=2,
-    log_z_ais=train.AISConfig(num_chains=8, num_betas=10),
-)
+# The model, step settings and data of test_train (the compiled programs are shared), 2 steps.
+OLD_TRAIN = TRAIN.replace(num_steps=2)
 
 
 def _old_workdir(tmp_path) -> pathlib.Path:
@@ -61,15 +41,8 @@ def test_an_old_workdir_loads_for_inference_and_resumes(tmp_path, caplog):
     for a, b in zip(jax.tree.leaves(from_checkpoint.params), jax.tree.leaves(old_export.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
-    images = (np.random.default_rng(0).uniform(size=(32, 8, 8, 1)) < 0.4).astype(np.uint8)
     with caplog.at_level(logging.INFO):
-        state = train.run_training(
-            MODEL,
-            TRAIN.replace(num_steps=4),
-            data.DataSplit("synthetic", "train", images, None, "static"),
-            data.DataSplit("synthetic", "test", images[:8], None, "static"),
-            workdir,
-        )
+        state = train.run_training(MODEL, OLD_TRAIN.replace(num_steps=4), *synthetic_splits(), workdir)
     assert any("Resumed from the checkpoint of step 2" in r.getMessage() for r in caplog.records)
     assert int(state.step) == 4 and state.chains.z_left.shape == (4, 4)
     assert all(bool(np.all(np.isfinite(np.asarray(leaf)))) for leaf in jax.tree.leaves(state.params))
