@@ -9,11 +9,17 @@ goes to a temporary directory that orbax renames to `<directory>/<step>` only wh
 killed mid-save leaves the previous checkpoints intact, and the half-written temporary directory is removed
 when the next writable manager opens.
 
-`restore_latest(template)` restores the newest readable step onto a template pytree (structure, shapes and
-dtypes come from the template, and are checked against the stored metadata). An unreadable newest step (e.g. a
-truncated data file) is reported with a warning naming the step and the error, and the previous step is tried.
-Such a step is moved aside to `<step>.unreadable` (never deleted) when this manager next saves, so that
-training can write that step number again.
+Integrity. Every step (and every export) carries an integrity record written with it: a blake2b digest of each
+array's bytes, dtype and shape, by tree path (`pvpp.integrity`). A restore recomputes the digests of what it read
+and compares, and checks that every floating-point array is finite: a step whose files changed after they were
+written (flipped bytes of the same size), or that holds NaN / inf, is not used (`CorruptCheckpointError`).
+Steps and exports written before pvpp 0.2 have no record: they are read with a warning, finiteness checked.
+
+`restore_latest(template)` restores the newest good step onto a template pytree (structure, shapes and
+dtypes come from the template, and are checked against the stored metadata). An unreadable or corrupt newest
+step (e.g. a truncated data file) is reported with a warning naming the step and the error, and the previous
+step is tried. Such a step is moved aside to `<step>.unreadable` (never deleted) when this manager next saves,
+so that training can write that step number again.
 
 Inference: `export_params(path, params, config)` writes parameters (typically the EMA ones) and the model
 config (a JSON-able dict) to an orbax checkpoint directory; `load_params(path)` reads them back without a
@@ -23,6 +29,7 @@ template.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import threading
@@ -35,6 +42,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from pvpp import integrity
+from pvpp.integrity import CorruptCheckpointError, path_key  # noqa: F401 -- the error is part of this API
 from pvpp.validation import check_int
 
 PyTree = Any
@@ -42,15 +51,21 @@ PyTree = Any
 _STATE = "state"  # item name of the training state inside a step directory
 _PARAMS = "params"  # item names inside an exported-parameters directory
 _CONFIG = "config"
+_INTEGRITY = "integrity"  # item of both: the digests of the arrays (`fingerprints`)
 _UNREADABLE_SUFFIX = ".unreadable"
 
 
 class UnreadableCheckpointError(RuntimeError):
-    """Checkpoints exist but none of them could be read."""
+    """Checkpoints exist but none of them could be read (or an export cannot be read)."""
 
 
 class CheckpointMismatchError(ValueError):
     """A readable checkpoint does not match the template (tree structure, shapes or dtypes)."""
+
+
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint failed (a full disk, missing permissions, ...); the message names the step, the
+    directory and the cause. The partial step stays in a temporary directory that the next run removes."""
 
 
 class CheckpointManager:
@@ -82,10 +97,11 @@ class CheckpointManager:
         self._manager = ocp.CheckpointManager(
             self._directory,
             options=options,
-            item_names=(_STATE,),
-            item_handlers={_STATE: ocp.StandardCheckpointHandler()},
+            item_names=(_STATE, _INTEGRITY),
+            item_handlers={_STATE: ocp.StandardCheckpointHandler(), _INTEGRITY: ocp.JsonCheckpointHandler()},
         )
         self._unreadable_steps: set[int] = set()
+        self._step_in_flight: int | None = None
         self._closed = False
         _register_open_manager(self)
 
@@ -125,13 +141,42 @@ class CheckpointManager:
                 f"step {step} is not after the latest checkpoint (step {latest}) in {self._directory}; "
                 "restore the latest checkpoint and continue from there, or use a new directory"
             )
+        # Orbax waits for the previous save before it starts this one: wait here, so that a failure of that
+        # earlier write is reported under its own step.
+        self.wait_until_finished()
         # force=True: the caller decides when to save; orbax's interval policy is not consulted.
-        args = ocp.args.Composite(**{_STATE: ocp.args.StandardSave(_savable(state))})
-        self._manager.save(step, args=args, force=True)
+        args = ocp.args.Composite(
+            **{
+                _STATE: ocp.args.StandardSave(_savable(state)),
+                _INTEGRITY: ocp.args.JsonSave(integrity.record(state)),
+            }
+        )
+        with self._write_errors(step):
+            self._manager.save(step, args=args, force=True)
+        self._step_in_flight = step
+
+    def check_for_errors(self) -> None:
+        """Raises CheckpointWriteError if a background save has failed (cheap: call it every step)."""
+        with self._write_errors(self._step_in_flight):
+            self._manager.check_for_errors()
 
     def wait_until_finished(self) -> None:
-        """Blocks until every started save is on disk (and re-raises an error of a background save)."""
-        self._manager.wait_until_finished()
+        """Blocks until every started save is on disk; CheckpointWriteError if one failed."""
+        with self._write_errors(self._step_in_flight):
+            self._manager.wait_until_finished()
+        self._step_in_flight = None
+
+    @contextlib.contextmanager
+    def _write_errors(self, step: int | None):
+        """Turns orbax's errors while writing into one CheckpointWriteError naming the step, path and cause."""
+        try:
+            yield
+        except Exception as err:  # noqa: BLE001 -- orbax and tensorstore raise many types for one failed write
+            cause = err
+            while cause.__cause__ is not None and isinstance(cause, RuntimeError):
+                cause = cause.__cause__
+            where = "a checkpoint" if step is None else f"the checkpoint of step {step}"
+            raise CheckpointWriteError(f"writing {where} to {self._directory} failed: {describe(cause)}") from err
 
     def restore_latest(self, template: PyTree) -> tuple[int, PyTree] | None:
         """Restores the newest readable checkpoint onto `template`, falling back to older ones.
@@ -161,7 +206,7 @@ class CheckpointManager:
             except Exception as err:  # noqa: BLE001 -- any failure to read is "unreadable": try the previous
                 logging.warning(
                     "Checkpoint at step %d in %s is unreadable (%s); trying the previous checkpoint.",
-                    step, self._directory, _describe(err),
+                    step, self._directory, describe(err),
                 )
                 failures.append((step, err))
                 self._unreadable_steps.add(step)
@@ -172,7 +217,7 @@ class CheckpointManager:
                     step, self._directory, [s for s, _ in failures],
                 )
             return step, state
-        details = "; ".join(f"step {s}: {_describe(e)}" for s, e in failures)
+        details = "; ".join(f"step {s}: {describe(e)}" for s, e in failures)
         raise UnreadableCheckpointError(
             f"none of the checkpoints in {self._directory} (steps {steps}) could be read: {details}"
         ) from failures[0][1]
@@ -194,7 +239,8 @@ class CheckpointManager:
             return
         self._closed = True
         _OPEN_MANAGERS.discard(self)
-        self._manager.close()
+        with self._write_errors(self._step_in_flight):
+            self._manager.close()
 
     def __enter__(self) -> CheckpointManager:
         return self
@@ -210,9 +256,15 @@ class CheckpointManager:
             raise FileNotFoundError(f"step {step} has no readable metadata for item {_STATE!r}")
         _check_against_metadata(template, stored, f"checkpoint step {step} in {self._directory}")
         target = jax.tree.map(_restore_target, template)
-        args = ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(target)})
-        restored = self._manager.restore(step, args=args)
-        return jax.tree.map(_like_template, restored[_STATE], template)
+        where = f"checkpoint step {step} in {self._directory}"
+        items = {_STATE: ocp.args.StandardRestore(target)}
+        has_record = (self._directory / str(step) / _INTEGRITY).exists()
+        if has_record:
+            items[_INTEGRITY] = ocp.args.JsonRestore()
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        state = jax.tree.map(_like_template, restored[_STATE], template)
+        integrity.verify(state, restored[_INTEGRITY] if has_record else None, where)
+        return state
 
     def _move_aside_unreadable_steps(self) -> None:
         """Renames the step directories found unreadable by `restore_latest` to `<step>.unreadable[.n]`."""
@@ -262,14 +314,13 @@ def export_params(path, params: PyTree, config: Mapping[str, Any], *, overwrite:
     leaves = jax.tree.leaves(params)
     if not leaves or not all(isinstance(x, (jax.Array, np.ndarray)) for x in leaves):
         raise TypeError("params must be a non-empty pytree whose leaves are jax or numpy arrays")
+    items = {
+        _PARAMS: ocp.args.StandardSave(params),
+        _CONFIG: ocp.args.JsonSave(dict(config)),
+        _INTEGRITY: ocp.args.JsonSave(integrity.record(params)),
+    }
     with ocp.Checkpointer(_params_handler()) as checkpointer:
-        checkpointer.save(
-            path,
-            args=ocp.args.Composite(
-                **{_PARAMS: ocp.args.StandardSave(params), _CONFIG: ocp.args.JsonSave(dict(config))}
-            ),
-            force=overwrite,
-        )
+        checkpointer.save(path, args=ocp.args.Composite(**items), force=overwrite)
 
 
 def load_params(path, template: PyTree | None = None) -> tuple[PyTree, dict[str, Any]]:
@@ -282,6 +333,9 @@ def load_params(path, template: PyTree | None = None) -> tuple[PyTree, dict[str,
         local device.
     Returns:
       (params, config): params as jax arrays, config as the JSON dict that was exported.
+    Raises:
+      UnreadableCheckpointError: the files cannot be read (e.g. truncated).
+      CorruptCheckpointError: the arrays read back differ from the integrity record, or are not finite.
     """
     path = _absolute(path)
     if not path.exists():
@@ -296,10 +350,15 @@ def load_params(path, template: PyTree | None = None) -> tuple[PyTree, dict[str,
         else:
             _check_against_metadata(template, stored, f"exported parameters at {path}")
             target = jax.tree.map(_restore_target, template)
-        args = ocp.args.Composite(
-            **{_PARAMS: ocp.args.StandardRestore(target), _CONFIG: ocp.args.JsonRestore()}
-        )
-        restored = checkpointer.restore(path, args=args)
+        items = {_PARAMS: ocp.args.StandardRestore(target), _CONFIG: ocp.args.JsonRestore()}
+        has_record = (path / _INTEGRITY).exists()
+        if has_record:
+            items[_INTEGRITY] = ocp.args.JsonRestore()
+        try:
+            restored = checkpointer.restore(path, args=ocp.args.Composite(**items))
+        except Exception as err:  # noqa: BLE001 -- orbax and tensorstore raise many types for one bad file
+            raise UnreadableCheckpointError(f"the exported parameters at {path} cannot be read: {describe(err)}") from err
+    integrity.verify(restored[_PARAMS], restored[_INTEGRITY] if has_record else None, f"exported parameters at {path}")
     return restored[_PARAMS], restored[_CONFIG]
 
 
@@ -330,13 +389,17 @@ def _close_open_managers() -> None:
             manager.close()
         except Exception as err:  # noqa: BLE001 -- report every manager's failure, keep closing the others
             logging.error(
-                "Closing the checkpoint manager of %s at exit failed: %s", manager.directory, _describe(err)
+                "Closing the checkpoint manager of %s at exit failed: %s", manager.directory, describe(err)
             )
 
 
 def _params_handler() -> ocp.CompositeCheckpointHandler:
     return ocp.CompositeCheckpointHandler(
-        **{_PARAMS: ocp.StandardCheckpointHandler(), _CONFIG: ocp.JsonCheckpointHandler()}
+        **{
+            _PARAMS: ocp.StandardCheckpointHandler(),
+            _CONFIG: ocp.JsonCheckpointHandler(),
+            _INTEGRITY: ocp.JsonCheckpointHandler(),
+        }
     )
 
 
@@ -381,8 +444,8 @@ def _check_against_metadata(template: PyTree, stored: PyTree, where: str) -> Non
     """Raises CheckpointMismatchError unless `template` has the stored tree paths, shapes and dtypes."""
     flat_template = jax.tree_util.tree_flatten_with_path(template)[0]
     flat_stored = jax.tree_util.tree_flatten_with_path(stored)[0]
-    expected = {_path_key(p): _stored_signature(x) for p, x in flat_template}
-    found = {_path_key(p): (tuple(m.shape), np.dtype(m.dtype)) for p, m in flat_stored}
+    expected = {path_key(p): _stored_signature(x) for p, x in flat_template}
+    found = {path_key(p): (tuple(m.shape), np.dtype(m.dtype)) for p, m in flat_stored}
     missing = sorted(set(expected) - set(found))
     extra = sorted(set(found) - set(expected))
     if missing or extra:
@@ -399,20 +462,7 @@ def _check_against_metadata(template: PyTree, stored: PyTree, where: str) -> Non
             )
 
 
-def _path_key(path) -> tuple[str, ...]:
-    """A tree path as strings, so that dict keys, indices and NamedTuple fields compare with orbax's tree."""
-    parts = []
-    for entry in path:
-        for attr in ("key", "idx", "name"):
-            if hasattr(entry, attr):
-                parts.append(str(getattr(entry, attr)))
-                break
-        else:
-            parts.append(str(entry))
-    return tuple(parts)
-
-
-def _describe(err: BaseException) -> str:
+def describe(err: BaseException) -> str:
     """One line naming the error: its type and the first line of its message, shortened."""
     first_line = (str(err).strip().splitlines() or [""])[0]
     if len(first_line) > 300:

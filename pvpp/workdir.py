@@ -10,6 +10,7 @@
     <workdir>/ema_params         at the end: the EMA parameters and {"model": ..., "step": ...}
                                  (`checkpoint.export_params`)
     <workdir>/eval/, samples/    written by `python -m pvpp.experiments.evaluate` / `sample`
+    <workdir>/.lock              held (flock) by the training process while it runs: its pid and host (`lock`)
 
 Training (`pvpp.training.loop`) writes through `write_config`, `restore_or_init` and `export_ema`;
 evaluation and generation read through `load_for_inference`. Nothing here imports the training loop.
@@ -17,10 +18,13 @@ evaluation and generation read through `load_for_inference`. Nothing here import
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import os
+import socket
+import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -35,10 +39,24 @@ from pvpp.optim import ema_params, make_optimizer
 from pvpp.training.config import TrainConfig
 from pvpp.training.state import TrainState, init_train_state
 
+try:
+    import fcntl  # POSIX only: elsewhere a workdir is not locked
+except ImportError:
+    fcntl = None
+
 CONFIG_FILENAME = "config.json"
+LOCK_FILENAME = ".lock"
 CHECKPOINT_DIRNAME = "checkpoints"
 EMA_PARAMS_DIRNAME = "ema_params"
 _POSITION_KEYS = ("seed", "epoch", "batch_index")  # a data iterator's position (`BatchIterator.get_state`)
+
+
+class WorkdirConflictError(ValueError):
+    """The workdir holds another run (its model, data, batch size or seed differ)."""
+
+
+class WorkdirBusyError(RuntimeError):
+    """Another live process is training in this workdir."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -79,7 +97,7 @@ def check_resumable(workdir, description: Mapping[str, Any]) -> None:
             if old_part.get(k) != new_part.get(k)
         ]
         if differ:
-            raise ValueError(
+            raise WorkdirConflictError(
                 f"workdir {workdir} holds a run with another {part} configuration ({'; '.join(differ)}); "
                 "use a new workdir, or the original settings to resume"
             )
@@ -92,6 +110,43 @@ def write_json(path: str, value: Mapping[str, Any]) -> None:
         json.dump(value, f, indent=2, sort_keys=True)
         f.write("\n")
     os.replace(temporary, path)
+
+
+@contextlib.contextmanager
+def lock(workdir):
+    """Holds `<workdir>/.lock` for the duration of the block: a second run on the same workdir stops at once
+    with WorkdirBusyError naming the process that holds it.
+
+    The lock is an advisory `flock` on the file, which the kernel releases when its process dies (however it
+    dies), so the lock of a killed run is taken over without any clean-up. The file keeps the holder's pid,
+    host and start time for the message. Without fcntl (not POSIX) the block runs unlocked.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(os.fspath(workdir), LOCK_FILENAME)
+    if fcntl is None:
+        yield
+        return
+    with open(path, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "an unknown process"
+            raise WorkdirBusyError(
+                f"workdir {workdir} is in use by {holder}; wait for that run to end or stop it, or use another "
+                "--workdir"
+            ) from None
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()} (started {started})\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -132,6 +187,21 @@ def restore_or_init(
     train_iter.set_state(saved["data_position"])
     logging.info("Resumed from the checkpoint of step %d in %s.", step, manager.directory)
     return saved["train_state"], step
+
+
+def export_is_intact(workdir, step: int) -> bool:
+    """Whether `<workdir>/ema_params` exists, reads back as written (integrity record, finite) and is of `step`."""
+    path = os.path.join(os.fspath(workdir), EMA_PARAMS_DIRNAME)
+    if not os.path.exists(path):
+        return False
+    try:
+        _, exported = checkpoint.load_params(path)
+    except Exception as err:  # noqa: BLE001 -- any failure to read it back means: write it again
+        logging.warning(
+            "The export %s is damaged (%s); it will be written again.", path, checkpoint.describe(err)
+        )
+        return False
+    return exported.get("step") == step
 
 
 def export_ema(workdir, model_config: ModelConfig, state: TrainState) -> str:
@@ -195,16 +265,24 @@ def load_for_inference(workdir=None, checkpoint_path=None) -> InferenceModel:
 
     model_config = ModelConfig.from_dict(run["model"])
     export_path = os.path.join(os.fspath(workdir), EMA_PARAMS_DIRNAME)
-    export_step = None
+    export, export_step = None, None
     if os.path.exists(export_path):
-        export_step = checkpoint.load_params(export_path)[1].get("step")
+        try:
+            export = load_exported(export_path)
+            export_step = export[2].get("step")
+        except Exception as err:  # noqa: BLE001 -- a damaged export: the checkpoints still hold the EMA
+            logging.warning(
+                "The export %s cannot be used (%s); falling back to the EMA of the latest good checkpoint.",
+                export_path,
+                checkpoint.describe(err),
+            )
     checkpoints_path = os.path.join(os.fspath(workdir), CHECKPOINT_DIRNAME)
     latest = None
     if os.path.isdir(checkpoints_path):
         with checkpoint.CheckpointManager(checkpoints_path, read_only=True) as manager:
             latest = manager.latest_step()
-    if export_step is not None and (latest is None or export_step >= latest):
-        _, params, _ = load_exported(export_path)
+    if export is not None and (latest is None or (export_step is not None and export_step >= latest)):
+        params = export[1]
         source = {"kind": "ema_export", "path": os.path.abspath(export_path), "step": export_step}
     elif latest is not None:
         params, step = ema_from_checkpoint(

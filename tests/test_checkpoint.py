@@ -91,6 +91,7 @@ def test_restore_onto_an_abstract_template(tmp_path):
     state = _train_like_state(1)
     with checkpoint.CheckpointManager(tmp_path, async_save=False) as manager:
         manager.save(1, state)
+
         def abstract(x):
             if isinstance(x, jax.Array):
                 return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
@@ -128,7 +129,8 @@ def test_empty_directory_restores_nothing_and_steps_must_increase(tmp_path):
 def _truncate_largest_data_file(step_dir: pathlib.Path) -> pathlib.Path:
     # The array data of an orbax (OCDBT) checkpoint: <step>/state/ocdbt.process_<i>/d/<hash>.
     files = [
-        p for p in step_dir.rglob("*")
+        p
+        for p in step_dir.rglob("*")
         if p.is_file() and p.parent.name == "d" and "ocdbt." in p.parent.parent.name
     ]
     largest = max(files, key=lambda p: p.stat().st_size)
@@ -230,7 +232,10 @@ def _start_child(tmp_path, mode):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     return subprocess.Popen(
         [sys.executable, str(script), str(tmp_path / "ckpt"), mode],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
     )
 
 
@@ -305,3 +310,28 @@ def test_export_and_load_params_round_trip(tmp_path):
         checkpoint.export_params(tmp_path / "other", params, {"bad": object()})
     with pytest.raises(FileNotFoundError):
         checkpoint.load_params(tmp_path / "missing")
+
+
+def test_flipped_bytes_in_array_data_are_caught_by_the_integrity_record(tmp_path, caplog):
+    """Flipped bytes of the same size in a large array's data read back silently as other values (orbax keeps
+    large arrays out of line without a checksum): the integrity record refuses the step, and the export."""
+    rng = np.random.default_rng(0)
+    state = {"w": jnp.asarray(rng.normal(size=(100, 200)), jnp.float32), "b": jnp.ones(5), "k": jax.random.key(0)}
+    with checkpoint.CheckpointManager(tmp_path / "run", async_save=False) as manager:
+        manager.save(1, state)
+        manager.save(2, jax.tree.map(lambda x: x, state))
+    checkpoint.export_params(tmp_path / "export", {"w": state["w"]}, {"step": 2})
+    for directory in (tmp_path / "run" / "2", tmp_path / "export"):
+        largest = max((p for p in directory.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+        content = bytearray(largest.read_bytes())
+        middle = len(content) // 2
+        content[middle : middle + 16] = bytes(b ^ 0xFF for b in content[middle : middle + 16])
+        largest.write_bytes(bytes(content))
+    with caplog.at_level(logging.WARNING):
+        with checkpoint.CheckpointManager(tmp_path / "run", read_only=True) as manager:
+            step, restored = manager.restore_latest(state)
+    messages = [r.getMessage() for r in caplog.records]
+    assert step == 1 and any("step 2" in m and "differ from what was written" in m for m in messages), messages
+    np.testing.assert_array_equal(restored["w"], state["w"])
+    with pytest.raises(checkpoint.CorruptCheckpointError, match="differ from what was written.*w"):
+        checkpoint.load_params(tmp_path / "export")

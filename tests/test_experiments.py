@@ -233,4 +233,5 @@ def test_caltech101_cpu_flag_file_trains_on_the_real_data(data_dir, tmp_path):
     config = json.loads((workdir / "config.json").read_text())
     assert ModelConfig.from_dict(config["model"]).nr_filters == 8
     assert config["data"]["name"] == "caltech101_silhouettes" and config["data"]["data_dir"] == str(data_dir)
+    assert config["data"]["source"].startswith("the prepared copy ")  # what was actually read
     assert (workdir / "ema_params").is_dir()

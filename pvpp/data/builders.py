@@ -120,7 +120,9 @@ class _RawFileBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return path
 
     def _missing(self, dl_manager, what: str) -> FileNotFoundError:
-        searched = " and ".join(str(d) for d in self._search_dirs(dl_manager)) or "(no manual directory)"
+        given = getattr(dl_manager, "_manual_dir", None)  # tfds refuses to hand out an empty one
+        nothing = f"(the data folder {given} is empty)" if given else "(no data folder given)"
+        searched = " and ".join(str(d) for d in self._search_dirs(dl_manager)) or nothing
         how = (
             "downloads are disabled (allow_download=False)"
             if not self._allow_download

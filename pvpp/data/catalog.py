@@ -24,6 +24,8 @@ class DataSplit:
     labels: int64 [N], or None where the source has none (binarized_mnist, omniglot from chardata.mat).
     binarization: "dynamic", "static" or "none" (see `pvpp.data.loading.DatasetSpec`).
     note: empty, or a statement of how this data deviates from the paper's protocol.
+    source: where the arrays were read from: the prepared copy, and whether it was prepared now (from which
+        folder, or downloaded) or reused as found (empty for splits made in memory).
     """
 
     name: str
@@ -32,6 +34,7 @@ class DataSplit:
     labels: np.ndarray | None
     binarization: str
     note: str = ""
+    source: str = ""
 
     def __len__(self) -> int:
         return self.images.shape[0]

@@ -100,7 +100,7 @@ def load(
     spec = _spec(name)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    builder = prepare(name, data_dir, prepared_dir=prepared_dir, config=config)
+    builder, origin = _prepare(name, data_dir, prepared_dir=prepared_dir, config=config)
     tfds_split = _tfds_split(name, spec, split, builder.info.splits["train"].num_examples, validation_size)
     source = tfds.data_source(
         f"{builder.name}/{builder.builder_config.name}" if builder.builder_config else builder.name,
@@ -115,7 +115,7 @@ def load(
         if builder.builder_config and builder.builder_config.name == "resized_105"
         else ""
     )
-    return DataSplit(name, split, images, labels, spec.binarization, note)
+    return DataSplit(name, split, images, labels, spec.binarization, note, origin)
 
 
 def prepare(
@@ -126,6 +126,11 @@ def prepare(
     config: str | None = None,
 ) -> tfds.core.DatasetBuilder:
     """Prepares (once) the array_record copy of data set `name`; returns its builder. Arguments: `load`."""
+    return _prepare(name, data_dir, prepared_dir=prepared_dir, config=config)[0]
+
+
+def _prepare(name, data_dir, *, prepared_dir, config) -> tuple[tfds.core.DatasetBuilder, str]:
+    """`prepare`, and a sentence saying where the data came from (for `DataSplit.source`)."""
     spec = _spec(name)
     data_root = resolve_data_dir(data_dir)
     prepared = resolve_prepared_dir(prepared_dir)
@@ -145,10 +150,16 @@ def prepare(
             file_format="array_record",
             allow_download=data_root is None,
         )
+        reused = os.path.isdir(builder.data_dir)  # tfds renames a finished copy into place: it is complete
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=str(data_root) if data_root else None)
         )
-    return builder
+    if reused:
+        source = f"the prepared copy {builder.data_dir}, reused as found (checksummed when it was prepared)"
+    else:
+        origin = f"the files in {data_root}" if data_root else "the downloaded originals"
+        source = f"the prepared copy {builder.data_dir}, prepared now from {origin}"
+    return builder, source
 
 
 @contextlib.contextmanager

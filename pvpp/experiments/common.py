@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging as std_logging
 import os
 from collections.abc import Sequence
 
 import jax
-from absl import app, flags, logging
+from absl import app, flags
 
 from pvpp import data
+from pvpp.experiments.errors import exit_on_stopping_errors, quiet_orbax_logs
 from pvpp.model import PRIORS, ModelConfig
 from pvpp.optim import OptimConfig
 from pvpp.priors import AISConfig
@@ -33,6 +33,14 @@ from pvpp.training.config import DataConfig, TrainConfig
 from pvpp.training.loop import train_and_evaluate
 
 FLAGS = flags.FLAGS
+#: The entry point (`python -m pvpp.experiments.<name>`) that trains each data set.
+ENTRY_POINT_OF_DATASET = {
+    "mnist": "mnist",
+    "binarized_mnist": "mnist",
+    "caltech101_silhouettes": "caltech101",
+    "omniglot": "omniglot",
+    "cifar10": "cifar10",
+}
 
 # Model flags: name -> help. Their defaults come from the entry point's paper configuration.
 _MODEL_FLAGS = {
@@ -65,9 +73,9 @@ def main(argv: Sequence[str], *, model_defaults: ModelConfig) -> None:
         raise app.UsageError(
             f"unexpected positional arguments: {' '.join(argv[1:])} (only --flags are accepted)"
         )
-    _quiet_orbax_info()
+    quiet_orbax_logs()
     model_config, train_config, data_config, workdir = configs_from_flags(FLAGS, model_defaults)
-    train_and_evaluate(model_config, train_config, data_config, workdir)
+    exit_on_stopping_errors(train_and_evaluate, model_config, train_config, data_config, workdir)
 
 
 def define_flags(
@@ -100,7 +108,24 @@ def define_flags(
         "folder with the original data files (default: env PVPP_DATA_DIR)",
         **fv,
     )
-    flags.DEFINE_enum("dataset", datasets[0], datasets, "data set", **fv)
+    flags.DEFINE_string(
+        "dataset",
+        datasets[0],
+        f"data set: {', '.join(datasets)} (every flag file states its own; another entry point's is refused)",
+        **fv,
+    )
+
+    def check_dataset(name: str) -> bool:
+        if name in datasets:
+            return True
+        other = ENTRY_POINT_OF_DATASET.get(name)
+        hint = f"; it is trained by python -m pvpp.experiments.{other}" if other else ""
+        raise flags.ValidationError(
+            f"{name} (from the command line or a flag file) is not a data set of this entry point, which "
+            f"trains {', '.join(datasets)}{hint}"
+        )
+
+    flags.register_validator("dataset", check_dataset, flag_values=flag_values)
     if "omniglot" in datasets:
         flags.DEFINE_enum(
             "data_variant",
@@ -248,8 +273,7 @@ def configs_from_flags(
         raise app.UsageError(
             f"--data_dir={f.data_dir} is not a directory (set --data_dir or PVPP_DATA_DIR to the data folder)"
         )
-    if os.path.exists(f.workdir) and not os.path.isdir(f.workdir):
-        raise app.UsageError(f"--workdir={f.workdir} exists and is not a directory")
+    _check_writable_workdir(f.workdir)
     if f.num_epochs is not None and f["num_steps"].present:
         raise app.UsageError("--num_steps and --num_epochs are exclusive: give one")
     if f.num_devices is not None:
@@ -317,16 +341,20 @@ def configs_from_flags(
     return model_config, train_config, data_config, os.path.abspath(os.path.expanduser(f.workdir))
 
 
+def _check_writable_workdir(workdir: str) -> None:
+    """UsageError unless `workdir` is (or can be created as) a directory this process can write."""
+    path = os.path.abspath(os.path.expanduser(workdir))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise app.UsageError(f"--workdir={workdir} exists and is not a directory")
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise app.UsageError(f"--workdir={workdir} cannot be created: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise app.UsageError(f"--workdir={workdir}: {existing} is not writable by this user")
+
+
 def _defaults(cls) -> dict:
     """A dataclass's field defaults: the single source of the flags' defaults."""
     return {field.name: field.default for field in dataclasses.fields(cls)}
-
-
-def _quiet_orbax_info() -> None:
-    """Orbax logs a dozen INFO lines per checkpoint through absl; keep its warnings, drop its INFO chatter."""
-
-    class _DropOrbaxInfo(std_logging.Filter):
-        def filter(self, record: std_logging.LogRecord) -> bool:
-            return record.levelno >= std_logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
-
-    logging.get_absl_handler().addFilter(_DropOrbaxInfo())

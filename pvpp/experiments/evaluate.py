@@ -6,7 +6,7 @@
 Uses the workdir's EMA parameters (or --checkpoint), dropout off. Writes a JSON summary (nats per image; RGB
 also bits/dim; log Z with its AIS interval and the log-likelihood interval it implies; every setting used) and
 the per-image values (.npz, same name) to --output, by default
-<workdir>/eval/<split>_k<k>[_n<num_examples>]_seed<seed>.json. See pvpp/evaluate.py for the method and
+<workdir>/eval/<dataset>_<split>_k<k>[_n<num_examples>]_seed<seed>.json. See pvpp/evaluate.py for the method and
 the conventions (fixed binarization of dynamically binarized test sets, key streams, subsets).
 """
 
@@ -20,6 +20,7 @@ from absl import app, flags, logging
 
 from pvpp import evaluate
 from pvpp.experiments import inference_common
+from pvpp.experiments.errors import exit_on_stopping_errors, quiet_orbax_logs
 from pvpp.priors import AISConfig
 
 FLAGS = flags.FlagValues()
@@ -119,15 +120,17 @@ def eval_config_from_flags(flag_values: flags.FlagValues = FLAGS) -> evaluate.Ev
         raise app.UsageError(f"--{err}") from err  # the messages start with the field (= flag) name
 
 
-def default_output(workdir: str, config: evaluate.EvalConfig) -> str:
+def default_output(workdir: str, dataset: str, config: evaluate.EvalConfig) -> str:
+    """`<workdir>/eval/<dataset>_<split>_k<k>[_n<num_examples>]_seed<seed>.json`."""
     subset = "" if config.num_examples is None else f"_n{config.num_examples}"
-    name = f"{config.split}_k{config.num_importance_samples}{subset}_seed{config.seed}.json"
+    name = f"{dataset}_{config.split}_k{config.num_importance_samples}{subset}_seed{config.seed}.json"
     return os.path.join(workdir, "eval", name)
 
 
 def main(argv: list[str]) -> None:
-    """absl main (`python -m ...`): runs for the parsed FLAGS."""
-    execute(argv)
+    """absl main (`python -m ...`): runs for the parsed FLAGS (one line, not a traceback, for a stopping error)."""
+    quiet_orbax_logs()
+    exit_on_stopping_errors(execute, argv)
 
 
 def execute(argv: list[str]) -> dict:
@@ -140,7 +143,7 @@ def execute(argv: list[str]) -> dict:
         evaluate.check_log_partition_method(source.inference.model_config, config.log_partition)
     except ValueError as err:
         raise app.UsageError(f"--{err}") from err
-    output = FLAGS.output or default_output(FLAGS.workdir, config)
+    output = FLAGS.output or default_output(FLAGS.workdir, source.dataset, config)
     start = time.perf_counter()
     try:
         result = evaluate.evaluate_split(
@@ -158,10 +161,10 @@ def execute(argv: list[str]) -> dict:
     seconds = time.perf_counter() - start
     headline = result.summary["headline"]
     logging.info(
-        "%s %s: NLL %.4f %s (%d images, %.1f s); wrote %s and %s",
+        "%s %s: NLL %s %s (%d images, %.1f s); wrote %s and %s",
         source.dataset,
         config.split,
-        headline["negative_log_likelihood"],
+        _fmt(headline["negative_log_likelihood"]),
         headline["units"],
         result.summary["num_images"],
         seconds,
@@ -182,16 +185,17 @@ def _describe(summary: dict, seconds: float, path: str) -> str:
     lines = [
         f"{summary['dataset']} / {summary['split']}: {summary['num_images']} images, "
         f"k = {summary['settings']['num_importance_samples']}, {seconds:.1f} s",
-        f"  NLL {nats['negative_log_likelihood']:.4f} nats (+- {_fmt(nats['standard_error'])} s.e. over images), "
-        f"-ELBO {nats['negative_elbo']:.4f}, KL {nats['kl']:.4f}, reconstruction {nats['reconstruction']:.4f}",
+        f"  NLL {_fmt(nats['negative_log_likelihood'])} nats (+- {_fmt(nats['standard_error'])} s.e. over "
+        f"images), -ELBO {_fmt(nats['negative_elbo'])}, KL {_fmt(nats['kl'])}, "
+        f"reconstruction {_fmt(nats['reconstruction'])}",
     ]
     if "bits_per_dim" in summary:
-        lines.append(f"  NLL {summary['bits_per_dim']['negative_log_likelihood']:.4f} bits/dim")
+        lines.append(f"  NLL {_fmt(summary['bits_per_dim']['negative_log_likelihood'])} bits/dim")
     if summary.get("log_partition"):
         log_z = summary["log_partition"]
         low, high = nats["negative_log_likelihood_interval"]
         lines.append(
-            f"  log Z ({log_z['method']}) {log_z['estimate']:.4f} in [{_fmt(log_z['lower'])}, {_fmt(log_z['upper'])}]"
+            f"  log Z ({log_z['method']}) {_fmt(log_z['estimate'])} in [{_fmt(log_z['lower'])}, {_fmt(log_z['upper'])}]"
             f" -> NLL in [{_fmt(low)}, {_fmt(high)}] nats"
         )
     lines.append(f"  results: {path}")

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 from absl import app, flags
 
-from pvpp import data, workdir as workdir_files
+from pvpp import checkpoint, data, workdir as workdir_files
 
 
 class Source(NamedTuple):
@@ -52,6 +52,12 @@ def define_source_flags(flag_values: flags.FlagValues) -> None:
         "Folder of the original data files; default: the run's, else env PVPP_DATA_DIR.",
         flag_values=flag_values,
     )
+    flags.DEFINE_bool(
+        "allow_other_dataset",
+        False,
+        "Accept a --dataset other than the one the run was trained on (refused by default).",
+        flag_values=flag_values,
+    )
 
 
 def load_source(flag_values: flags.FlagValues) -> Source:
@@ -65,7 +71,7 @@ def load_source(flag_values: flags.FlagValues) -> Source:
         raise app.UsageError(f"--checkpoint={checkpoint_path} does not exist")
     try:
         inference = workdir_files.load_for_inference(workdir if os.path.isdir(workdir) else None, checkpoint_path)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, checkpoint.CorruptCheckpointError, checkpoint.UnreadableCheckpointError) as err:
         flag = "--checkpoint" if checkpoint_path is not None else "--workdir"
         raise app.UsageError(f"{flag}: {err}") from err
     run_data = dict(inference.data or {})
@@ -76,7 +82,13 @@ def load_source(flag_values: flags.FlagValues) -> Source:
         )
     if dataset not in data.DATASET_NAMES:
         raise app.UsageError(f"--dataset must be one of {sorted(data.DATASET_NAMES)}, got {dataset!r}")
-    same_data = dataset == run_data.get("name")
+    trained_on = run_data.get("name")
+    if trained_on is not None and dataset != trained_on and not flag_values.allow_other_dataset:
+        raise app.UsageError(
+            f"--dataset={dataset} is not the data set the parameters were trained on ({trained_on}); "
+            "pass --allow_other_dataset to use them on it anyway"
+        )
+    same_data = dataset == trained_on
     data_options = dict(
         data_dir=flag_values.data_dir or (run_data.get("data_dir") if same_data else None),
         variant=run_data.get("variant") if same_data else None,

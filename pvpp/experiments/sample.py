@@ -26,6 +26,7 @@ from absl import app, flags, logging
 
 from pvpp import data, evaluate, sample
 from pvpp.experiments import inference_common
+from pvpp.experiments.errors import exit_on_stopping_errors, quiet_orbax_logs
 from pvpp.model import to_model_space
 from pvpp.priors import make_prior
 
@@ -71,8 +72,9 @@ def sample_config_from_flags(flag_values: flags.FlagValues = FLAGS) -> sample.Sa
 
 
 def main(argv: list[str]) -> None:
-    """absl main (`python -m ...`): runs for the parsed FLAGS."""
-    execute(argv)
+    """absl main (`python -m ...`): runs for the parsed FLAGS (one line, not a traceback, for a stopping error)."""
+    quiet_orbax_logs()
+    exit_on_stopping_errors(execute, argv)
 
 
 def execute(argv: list[str]) -> dict[str, str]:

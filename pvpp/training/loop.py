@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -50,9 +51,10 @@ def train_and_evaluate(
     eval_data = data.load(data_config.name, data_config.eval_split, **kwargs)
     if train_data.note:
         logging.warning("Data: %s", train_data.note)
-    return run_training(
-        model_config, train_config, train_data, eval_data, workdir, data_description=data_config.to_dict()
-    )
+    logging.info("Data: %s read from %s.", data_config.name, train_data.source)
+    # What was actually read, next to what was asked for (a data_dir without the files still finds the cache).
+    description = {**data_config.to_dict(), "source": train_data.source}
+    return run_training(model_config, train_config, train_data, eval_data, workdir, data_description=description)
 
 
 def run_training(
@@ -72,7 +74,6 @@ def run_training(
     """
     devices = _check_run(model_config, train_config, train_data, eval_data, workdir)
     num_devices = len(devices)
-    model = PixelVAEPP(model_config)
     train_iter = data.batch_iterator(
         train_data, train_config.batch_size, seed=train_config.seed, num_devices=num_devices
     )
@@ -87,7 +88,18 @@ def run_training(
     }
     workdir_files.check_resumable(workdir, run_description)
 
-    # -- validation passed: from here on the workdir is written.
+    # -- validation passed: from here on the workdir is written, by this process only.
+    with workdir_files.lock(workdir):
+        return _train(
+            model_config, train_config, train_data, eval_data, workdir, run_description, devices, train_iter
+        )
+
+
+def _train(model_config, train_config, train_data, eval_data, workdir, run_description, devices, train_iter):
+    """`run_training` after validation, holding the workdir's lock."""
+    num_devices = len(devices)
+    num_steps = run_description["num_steps"]
+    model = PixelVAEPP(model_config)
     workdir_files.write_config(workdir, run_description)
     fns = step_functions(model_config, train_config, tuple(devices))
     mesh_sharding = device_sharding(devices)
@@ -109,7 +121,7 @@ def run_training(
         state, last_saved = workdir_files.restore_or_init(
             manager, template, fns.init, root_key, init_images, train_iter
         )
-        step = int(state.step)
+        step = start_step = int(state.step)
         logging.info(
             "Training %s (prior %s, %.2f M parameters) on %s: steps %d -> %d, batch %d on %d device(s).",
             model_config.image_shape,
@@ -133,12 +145,18 @@ def run_training(
             checked_step, metrics, _ = item
             values = first_copy_scalars(metrics)
             if not values.pop("finite"):
-                where = "none" if last_saved is None else f"step {last_saved} in {manager.directory}"
+                if last_saved is None:
+                    saved = "No checkpoint has been saved yet: a rerun starts from step 0."
+                else:
+                    saved = (
+                        f"Nothing after step {last_saved} was saved; the last good checkpoint is step "
+                        f"{last_saved} in {manager.directory} (checked finite, with its integrity record), "
+                        "and a rerun resumes from it."
+                    )
                 raise FloatingPointError(
                     f"non-finite training value at step {checked_step}: loss {values['loss']}, gradient norm "
-                    f"{values['grad_norm']} (or a NaN / inf parameter). Nothing after step {last_saved} was "
-                    f"saved; the last good checkpoint is {where}. Lower --learning_rate or set "
-                    "--grad_clip_norm, then rerun (it resumes from there)."
+                    f"{values['grad_norm']} (or a NaN / inf parameter). {saved} Lower --learning_rate or set "
+                    "--grad_clip_norm before rerunning."
                 )
             period.add(values)
 
@@ -146,6 +164,7 @@ def run_training(
             images, position = next(prefetcher)
             state, metrics = fns.train(state, images)
             step += 1
+            manager.check_for_errors()  # a failed background checkpoint write stops the run now, not later
             if pending is not None:
                 check(pending)  # step N - 1's metrics, read while step N runs
             pending = (step, metrics, position)
@@ -179,14 +198,30 @@ def run_training(
             check(pending)
         final = unreplicate(state)
         manager.wait_until_finished()
-        path = workdir_files.export_ema(workdir, model_config, final)
-        logging.info("Done: step %d; EMA parameters in %s.", int(final.step), path)
+        if start_step == num_steps and workdir_files.export_is_intact(workdir, num_steps):
+            logging.info(
+                "The run had already finished at step %d; its intact export is left as it is.", num_steps
+            )
+        else:
+            path = workdir_files.export_ema(workdir, model_config, final)
+            logging.info("Done: step %d; EMA parameters in %s.", int(final.step), path)
         return final
     finally:
         if prefetcher is not None:
             prefetcher.close()
-        manager.close()  # waits for a save in flight
+        _close(manager, failing=sys.exc_info()[1] is not None)  # waits for a save in flight
         writer.close()
+
+
+def _close(manager: checkpoint.CheckpointManager, *, failing: bool) -> None:
+    """Closes the checkpoint manager; while another error propagates, a write error of its own is logged, not
+    raised over it."""
+    try:
+        manager.close()
+    except checkpoint.CheckpointWriteError as err:
+        if not failing:
+            raise
+        logging.warning("%s", err)
 
 
 def _check_run(model_config, train_config, train_data, eval_data, workdir) -> list:

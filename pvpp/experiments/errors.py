@@ -1,0 +1,85 @@
+"""The errors that end a command with one line instead of a traceback: problems of the input, the files or the
+machine (a busy or foreign workdir, damaged checkpoints, a full disk, missing or corrupt data, a diverging run),
+not bugs of pvpp. Every entry point runs its work through `exit_on_stopping_errors`."""
+
+from __future__ import annotations
+
+import logging as std_logging
+import os
+import sys
+import threading
+import warnings
+from typing import Any, Callable
+
+from absl import logging
+
+from pvpp import checkpoint
+from pvpp.data.raw import DataFileError
+from pvpp.workdir import WorkdirBusyError, WorkdirConflictError
+
+STOPPING_ERRORS = (
+    WorkdirBusyError,
+    WorkdirConflictError,
+    checkpoint.CheckpointWriteError,
+    checkpoint.UnreadableCheckpointError,
+    checkpoint.CorruptCheckpointError,
+    checkpoint.CheckpointMismatchError,
+    DataFileError,
+    FileNotFoundError,
+    PermissionError,
+    FloatingPointError,
+)
+
+
+def exit_on_stopping_errors(work: Callable[..., Any], *args, **kwargs) -> Any:
+    """`work(*args, **kwargs)`; a `STOPPING_ERRORS` error is logged and ends the process with exit status 1
+    and its message as the last line (the traceback stays out of the way). Meanwhile an exception that ends a
+    background thread (orbax's checkpoint writers) is logged in one line instead of Python's traceback: the
+    thread's owner reports it (e.g. as a CheckpointWriteError). After a failed write, tensorstore's callbacks
+    into orbax's closed event loop raise 'Event loop is closed' by the hundred, and asyncio logs each of
+    orbax's failed writer tasks: those repeat the one error and are dropped (asyncio serves only orbax here)."""
+    previous_hook, previous_unraisable = threading.excepthook, sys.unraisablehook
+    asyncio_logger = std_logging.getLogger("asyncio")
+    previous_level = asyncio_logger.level
+    threading.excepthook = _log_thread_failure
+    sys.unraisablehook = _drop_closed_loop_callbacks
+    asyncio_logger.setLevel(std_logging.CRITICAL)
+    try:
+        result = work(*args, **kwargs)
+    except STOPPING_ERRORS as err:
+        # The hooks stay: the failed writers' leftovers are collected while the interpreter shuts down (and
+        # their never-awaited coroutines would each warn).
+        warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
+        logging.error("%s: %s", type(err).__name__, err)
+        sys.exit(f"pvpp: {type(err).__name__}: {err}")
+    threading.excepthook, sys.unraisablehook = previous_hook, previous_unraisable
+    asyncio_logger.setLevel(previous_level)
+    return result
+
+
+def _log_thread_failure(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "a background thread"
+    first_line = (str(args.exc_value).strip().splitlines() or [""])[0][:300]
+    logging.warning("%s failed: %s: %s", name, args.exc_type.__name__, first_line)
+
+
+def _drop_closed_loop_callbacks(unraisable) -> None:
+    if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value):
+        return
+    sys.__unraisablehook__(unraisable)
+
+
+def quiet_orbax_logs() -> None:
+    """Orbax logs a dozen INFO lines per checkpoint through absl, and the full traceback of every failed
+    background write: keep its warnings and errors, as one line each (the error itself is reported by pvpp)."""
+    std_logging.getLogger("absl").addFilter(_OrbaxOneLiners())  # on the logger: whichever handler prints
+
+
+class _OrbaxOneLiners(std_logging.Filter):
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        if f"{os.sep}orbax{os.sep}" not in record.pathname:
+            return True
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return record.levelno >= std_logging.WARNING
