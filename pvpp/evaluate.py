@@ -145,8 +145,11 @@ def evaluate(
     config: EvalConfig,
     *,
     progress: bool = False,
+    key: jax.Array | None = None,
 ) -> Evaluation:
     """Evaluates `params` ('params' collection, e.g. the EMA parameters) on data-space images.
+
+    key: the root key of the evaluation's streams; None means jax.random.key(config.seed).
 
     images: [N, H, W, C] uint8: {0, 1} for the Bernoulli likelihood (already binarized, see `evaluation_images`),
         0..255 for the logistic mixture. example_indices: [N] each image's index in its split (its key stream).
@@ -155,7 +158,7 @@ def evaluate(
     """
     _check_images(model_config, images, example_indices)
     check_log_partition_method(model_config, config.log_partition)
-    root = jax.random.key(config.seed)
+    root = jax.random.key(config.seed) if key is None else key
     start = time.perf_counter()
     log_z = estimate_log_partition(model_config, params, config, keys.stream(root, "log_partition"))
     if log_z is not None:

@@ -29,6 +29,7 @@ pixels to [-1, 1]).
 
 import contextlib
 import dataclasses
+import io
 import logging
 import os
 import pathlib
@@ -151,9 +152,19 @@ def _prepare(name, data_dir, *, prepared_dir, config) -> tuple[tfds.core.Dataset
             allow_download=data_root is None,
         )
         reused = os.path.isdir(builder.data_dir)  # tfds renames a finished copy into place: it is complete
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=str(data_root) if data_root else None)
-        )
+        if not reused:
+            origin = f"the files in {data_root}" if data_root else "the originals (downloading them)"
+            logging.info("Preparing %s once, from %s, into %s.", name, origin, builder.data_dir)
+        # tfds prints "Downloading and preparing dataset Unknown size ..." and progress bars even when it only
+        # converts local files: our line above says what happens.
+        tfds.display_progress_bar(False)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                builder.download_and_prepare(
+                    download_config=tfds.download.DownloadConfig(manual_dir=str(data_root) if data_root else None)
+                )
+        finally:
+            tfds.display_progress_bar(True)
     if reused:
         source = f"the prepared copy {builder.data_dir}, reused as found (checksummed when it was prepared)"
     else:

@@ -279,7 +279,11 @@ def configs_from_flags(
     if f.num_devices is not None:
         available = jax.local_device_count()
         if f.num_devices > available:
-            raise app.UsageError(f"--num_devices={f.num_devices} exceeds the {available} local devices")
+            raise app.UsageError(
+                f"--num_devices={f.num_devices} exceeds the {available} local devices; pass --num_devices="
+                f"{available} (the batch is global, so the update is the same), or on a CPU set "
+                f"XLA_FLAGS=--xla_force_host_platform_device_count={f.num_devices}"
+            )
     if f.num_devices is not None and f.batch_size % f.num_devices:
         raise app.UsageError(f"--batch_size={f.batch_size} is not divisible by --num_devices={f.num_devices}")
     model_values = {name: f[name].value for name in _MODEL_FLAGS}

@@ -143,7 +143,7 @@ def execute(argv: list[str]) -> dict:
         evaluate.check_log_partition_method(source.inference.model_config, config.log_partition)
     except ValueError as err:
         raise app.UsageError(f"--{err}") from err
-    output = FLAGS.output or default_output(FLAGS.workdir, source.dataset, config)
+    output = FLAGS.output or default_output(inference_common.results_dir(FLAGS), source.dataset, config)
     start = time.perf_counter()
     try:
         result = evaluate.evaluate_split(

@@ -63,14 +63,16 @@ def define_source_flags(flag_values: flags.FlagValues) -> None:
 def load_source(flag_values: flags.FlagValues) -> Source:
     """Checks --workdir / --checkpoint / --dataset and loads the parameters; app.UsageError naming the flag."""
     workdir, checkpoint_path = flag_values.workdir, flag_values.checkpoint
-    if not workdir:
-        raise app.UsageError("--workdir is required")
+    if not workdir and not checkpoint_path:
+        raise app.UsageError("give --workdir (a training run) or --checkpoint (an exported parameter directory)")
     if checkpoint_path is None and not os.path.isdir(workdir):
         raise app.UsageError(f"--workdir={workdir} does not exist (and no --checkpoint was given)")
     if checkpoint_path is not None and not os.path.isdir(checkpoint_path):
         raise app.UsageError(f"--checkpoint={checkpoint_path} does not exist")
     try:
-        inference = workdir_files.load_for_inference(workdir if os.path.isdir(workdir) else None, checkpoint_path)
+        inference = workdir_files.load_for_inference(
+            workdir if workdir and os.path.isdir(workdir) else None, checkpoint_path
+        )
     except (FileNotFoundError, checkpoint.CorruptCheckpointError, checkpoint.UnreadableCheckpointError) as err:
         flag = "--checkpoint" if checkpoint_path is not None else "--workdir"
         raise app.UsageError(f"{flag}: {err}") from err
@@ -95,6 +97,13 @@ def load_source(flag_values: flags.FlagValues) -> Source:
         validation_size=run_data.get("validation_size") if same_data else None,
     )
     return Source(inference, dataset, data_options)
+
+
+def results_dir(flag_values: flags.FlagValues) -> str:
+    """Where results go by default: the --workdir, else the folder that holds the --checkpoint directory."""
+    if flag_values.workdir:
+        return flag_values.workdir
+    return os.path.dirname(os.path.abspath(flag_values.checkpoint))
 
 
 def parse_flags(flag_values: flags.FlagValues, argv: list[str], doc: str) -> list[str]:

@@ -84,7 +84,7 @@ def execute(argv: list[str]) -> dict[str, str]:
     config = sample_config_from_flags(FLAGS)
     source = inference_common.load_source(FLAGS)
     model_config, params = source.inference.model_config, source.inference.params
-    output_dir = FLAGS.output_dir or os.path.join(FLAGS.workdir, "samples")
+    output_dir = FLAGS.output_dir or os.path.join(inference_common.results_dir(FLAGS), "samples")
     inputs, indices = None, None
     if config.num_reconstructions and make_prior(model_config).num_latents:
         split_data = evaluate.load_split(source.dataset, config.split, **source.data_options)

@@ -164,6 +164,9 @@ def _train(model_config, train_config, train_data, eval_data, workdir, run_descr
             images, position = next(prefetcher)
             state, metrics = fns.train(state, images)
             step += 1
+            if step == start_step + 1:  # the first step compiles: leave it out of the rates and the ETA
+                jax.block_until_ready(metrics)
+                progress = ProgressLogger(num_steps, train_config.batch_size, start_step=step)
             manager.check_for_errors()  # a failed background checkpoint write stops the run now, not later
             if pending is not None:
                 check(pending)  # step N - 1's metrics, read while step N runs
@@ -233,7 +236,10 @@ def _check_run(model_config, train_config, train_data, eval_data, workdir) -> li
     available = jax.local_devices()
     num_devices = train_config.num_devices or len(available)
     if num_devices > len(available):
-        raise ValueError(f"num_devices {num_devices} exceeds the {len(available)} local devices")
+        raise ValueError(
+            f"num_devices {num_devices} exceeds the {len(available)} local devices (on a CPU, "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count={num_devices} gives that many)"
+        )
     if train_config.batch_size % num_devices:
         raise ValueError(
             f"batch_size {train_config.batch_size} is not a multiple of the {num_devices} devices"
