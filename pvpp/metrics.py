@@ -1,38 +1,61 @@
-"""Training metrics: a JSON-lines writer (`<workdir>/metrics.jsonl`) and a progress-line logger.
+"""Training metrics: `<workdir>/metrics.jsonl`, TensorBoard event files in `<workdir>/tensorboard/`, and a
+progress-line logger.
 
 Each `MetricsWriter.write` appends one JSON object `{"step": ..., "wall_time": ..., <name>: <value>, ...}` and
-flushes it to the operating system, so a killed process loses nothing already written. A reopened writer
-appends (a resumed run continues the same file); steps after the restored checkpoint then appear twice, the
-later lines being those of the resumed run. Non-finite values are written as the strings "NaN", "Infinity" and
-"-Infinity" (strict JSON has no such numbers); `read_metrics` turns them back into floats.
-
-TensorBoard event files are not written: no TensorBoard writer that works without TensorFlow is installed
-(`flax.metrics.tensorboard` imports tensorflow; `clu` and `tensorboardX` are absent).
+flushes it to the operating system, so a killed process loses nothing already written; the same scalars go to
+TensorBoard (tensorboardX, no TensorFlow). A reopened writer appends (a resumed run continues the same files).
+Given `start_step` (the step a run resumes from), it first removes what a killed run wrote after that step, from
+metrics.jsonl and from the event files, so that no step appears twice. Non-finite values are written as the
+strings "NaN", "Infinity" and "-Infinity" (strict JSON has no such numbers); `read_metrics` turns them back into
+floats. `read_tensorboard_scalars` reads the event files back.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
+import struct
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 from absl import logging
+from tensorboardX import SummaryWriter
+from tensorboardX.proto import event_pb2
+from tensorboardX.record_writer import masked_crc32c
 
 METRICS_FILENAME = "metrics.jsonl"
+TENSORBOARD_DIRNAME = "tensorboard"
 _RESERVED = ("step", "wall_time")
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
 class MetricsWriter:
-    """Appends one JSON line of scalars per call to `<workdir>/metrics.jsonl` (both created if missing)."""
+    """Appends one JSON line of scalars per call to `<workdir>/metrics.jsonl` (both created if missing), and the
+    same scalars to TensorBoard event files in `<workdir>/tensorboard/` (tensorboard=False: not).
 
-    def __init__(self, workdir, *, filename: str = METRICS_FILENAME):
+    start_step: a resumed run's restored step (0 for a fresh start): records of later steps, written by a run
+    that was killed after its last checkpoint, are removed first. None: append to whatever is there.
+    """
+
+    def __init__(
+        self,
+        workdir,
+        *,
+        filename: str = METRICS_FILENAME,
+        start_step: int | None = None,
+        tensorboard: bool = True,
+    ):
         os.makedirs(workdir, exist_ok=True)
         self.path = os.path.join(os.fspath(workdir), filename)
+        self.tensorboard_dir = os.path.join(os.fspath(workdir), TENSORBOARD_DIRNAME)
+        if start_step is not None:
+            _drop_records_after(self.path, _as_int(start_step, "start_step"))
+            _drop_events_after(self.tensorboard_dir, start_step)
+        self._tensorboard = SummaryWriter(self.tensorboard_dir, flush_secs=30) if tensorboard else None
         self._file = open(self.path, "a+", encoding="utf-8")
         # A process killed in the middle of a write may have left a partial last line: start on a fresh line.
         self._file.seek(0, os.SEEK_END)
@@ -62,10 +85,19 @@ class MetricsWriter:
         self._file.write(json.dumps(record, allow_nan=False) + "\n")
         # flush (to the OS), not fsync: enough to survive a killed process, cheap enough for every step.
         self._file.flush()
+        if self._tensorboard is not None:
+            for name, value in record.items():
+                if name not in _RESERVED:
+                    self._tensorboard.add_scalar(
+                        name, _NON_FINITE.get(value, value), record["step"], walltime=now
+                    )
+            self._tensorboard.flush()
 
     def close(self) -> None:
         if not self._file.closed:
             self._file.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
 
     def __enter__(self) -> MetricsWriter:
         return self
@@ -95,6 +127,94 @@ def read_metrics(path) -> list[dict[str, Any]]:
             continue
         records.append({k: _NON_FINITE.get(v, v) if isinstance(v, str) else v for k, v in record.items()})
     return records
+
+
+def read_tensorboard_scalars(directory) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value), ...]} of every scalar in the event files under `directory`, in file order."""
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for event in _read_events(directory):
+        for value in event.summary.value:
+            scalars.setdefault(value.tag, []).append((int(event.step), float(value.simple_value)))
+    return scalars
+
+
+def _drop_records_after(path: str, step: int) -> None:
+    """Rewrites metrics.jsonl (atomically) without the records of steps after `step`."""
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    kept = []
+    for line in lines:
+        try:
+            record_step = json.loads(line).get("step") if line.strip() else None
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill
+        if record_step is not None and record_step <= step:
+            kept.append(line)
+    if len(kept) < sum(1 for line in lines if line.strip()):
+        temporary = f"{path}.tmp"
+        with open(temporary, "w", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in kept))
+        os.replace(temporary, path)
+        logging.info(
+            "Removed the records after step %d from %s (written after the last checkpoint).", step, path
+        )
+
+
+def _drop_events_after(directory: str, step: int) -> None:
+    """Rewrites the event files under `directory` into one file without the events of steps after `step`."""
+    files = _event_files(directory)
+    if not files:
+        return
+    records = [record for path in files for record in _read_records(path)]
+    kept = [data for data in records if event_pb2.Event.FromString(data).step <= step]
+    if len(kept) == len(records):
+        return
+    target = os.path.join(directory, f"events.out.tfevents.{time.time():.6f}.pvpp-resumed-at-{step}")
+    with open(f"{target}.tmp", "wb") as f:  # TensorBoard reads only names with 'tfevents' and no .tmp suffix
+        for data in kept:
+            f.write(_record_bytes(data))
+    os.replace(f"{target}.tmp", target)
+    for path in files:
+        os.remove(path)
+    logging.info(
+        "Removed the events after step %d from %s (written after the last checkpoint).", step, directory
+    )
+
+
+def _event_files(directory) -> list[str]:
+    return sorted(
+        p for p in glob.glob(os.path.join(os.fspath(directory), "*tfevents*")) if not p.endswith(".tmp")
+    )
+
+
+def _read_events(directory):
+    for path in _event_files(directory):
+        for data in _read_records(path):
+            yield event_pb2.Event.FromString(data)
+
+
+def _read_records(path: str) -> list[bytes]:
+    """The payloads of a TFRecord file: [length u64][crc u32][data][crc u32] each; a record cut short by a kill
+    ends the list."""
+    with open(path, "rb") as f:
+        content = f.read()
+    records, at = [], 0
+    while at + 12 <= len(content):
+        (length,) = struct.unpack("<Q", content[at : at + 8])
+        end = at + 12 + length + 4
+        if end > len(content):
+            break
+        records.append(content[at + 12 : at + 12 + length])
+        at = end
+    return records
+
+
+def _record_bytes(data: bytes) -> bytes:
+    """One TFRecord: length, its masked CRC-32C, the data, its masked CRC-32C."""
+    length = struct.pack("<Q", len(data))
+    return length + struct.pack("<I", masked_crc32c(length)) + data + struct.pack("<I", masked_crc32c(data))
 
 
 class ProgressLogger:

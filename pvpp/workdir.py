@@ -4,6 +4,7 @@
                                   "data": DataConfig.to_dict(), "num_devices", "num_steps", "versions"}
     <workdir>/metrics.jsonl      one line per log period ("train/...") and per evaluation ("eval/...",
                                  "eval_ema/...", "log_partition..."), written by `pvpp.metrics.MetricsWriter`
+    <workdir>/tensorboard/       the same scalars as TensorBoard event files (`tensorboard --logdir <workdir>`)
     <workdir>/checkpoints/<step> orbax checkpoints, the last `keep_checkpoints` (`checkpoint_template`):
                                  {"train_state": TrainState (one copy), "data_position": {"seed", "epoch",
                                  "batch_index"}}

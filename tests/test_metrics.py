@@ -108,3 +108,15 @@ def test_progress_line_without_a_rate_has_no_eta():
     progress = metrics.ProgressLogger(total_steps=10, images_per_step=1, clock=clock)
     line = progress(0)  # no time has passed and no step was made
     assert "? steps/s" in line and line.endswith("ETA ?")
+
+
+def test_a_resumed_writer_drops_what_a_killed_run_wrote_after_the_checkpoint(tmp_path):
+    with metrics.MetricsWriter(tmp_path) as writer:
+        for step in (1, 2, 3, 4):
+            writer.write(step, {"loss": float(step)})
+    with metrics.MetricsWriter(tmp_path, start_step=2) as writer:  # resumed from the checkpoint of step 2
+        writer.write(3, {"loss": 30.0})
+    records = metrics.read_metrics(tmp_path / metrics.METRICS_FILENAME)
+    assert [(r["step"], r["loss"]) for r in records] == [(1, 1.0), (2, 2.0), (3, 30.0)]
+    scalars = metrics.read_tensorboard_scalars(tmp_path / metrics.TENSORBOARD_DIRNAME)
+    assert scalars["loss"] == [(1, 1.0), (2, 2.0), (3, 30.0)]

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pvpp import checkpoint, data, train
+from pvpp import checkpoint, data, metrics, train
 from pvpp.model import ModelConfig
 from pvpp.optim import ema_params
 
@@ -377,3 +377,14 @@ def test_sigkill_at_an_arbitrary_point_then_the_same_command_resumes(tmp_path):
         step, saved = manager.restore_latest({"train_state": want, "data_position": iterator.get_state()})
     assert step == config.num_steps
     assert_states_equal(saved["train_state"], want)
+    # What the killed run logged after its last checkpoint was removed on resume: every logged step appears once,
+    # in metrics.jsonl and in the TensorBoard event files.
+    logged = list(range(config.log_every, config.num_steps + 1, config.log_every))
+    records = metrics.read_metrics(workdir / metrics.METRICS_FILENAME)
+    assert [r["step"] for r in records if "train/loss" in r] == logged
+    scalars = metrics.read_tensorboard_scalars(workdir / metrics.TENSORBOARD_DIRNAME)
+    assert [step for step, _ in scalars["train/loss"]] == logged
+    np.testing.assert_allclose(
+        [value for _, value in scalars["train/loss"]], [r["train/loss"] for r in records if "train/loss" in r],
+        rtol=1e-6,
+    )

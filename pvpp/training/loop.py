@@ -114,14 +114,15 @@ def _train(model_config, train_config, train_data, eval_data, workdir, run_descr
     manager = checkpoint.CheckpointManager(
         os.path.join(workdir, workdir_files.CHECKPOINT_DIRNAME), max_to_keep=train_config.keep_checkpoints
     )
-    writer = MetricsWriter(workdir)
-    prefetcher = None
+    writer = prefetcher = None
     try:
         template = workdir_files.checkpoint_template(model_config, train_config, devices[0])
         state, last_saved = workdir_files.restore_or_init(
             manager, template, fns.init, root_key, init_images, train_iter
         )
         step = start_step = int(state.step)
+        # What a killed run logged after this step is removed, so that no step appears twice.
+        writer = MetricsWriter(workdir, start_step=start_step)
         logging.info(
             "Training %s (prior %s, %.2f M parameters) on %s: steps %d -> %d, batch %d on %d device(s).",
             model_config.image_shape,
@@ -213,7 +214,8 @@ def _train(model_config, train_config, train_data, eval_data, workdir, run_descr
         if prefetcher is not None:
             prefetcher.close()
         _close(manager, failing=sys.exc_info()[1] is not None)  # waits for a save in flight
-        writer.close()
+        if writer is not None:
+            writer.close()
 
 
 def _close(manager: checkpoint.CheckpointManager, *, failing: bool) -> None:
