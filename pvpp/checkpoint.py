@@ -176,7 +176,9 @@ class CheckpointManager:
             while cause.__cause__ is not None and isinstance(cause, RuntimeError):
                 cause = cause.__cause__
             where = "a checkpoint" if step is None else f"the checkpoint of step {step}"
-            raise CheckpointWriteError(f"writing {where} to {self._directory} failed: {describe(cause)}") from err
+            raise CheckpointWriteError(
+                f"writing {where} to {self._directory} failed: {describe(cause)}"
+            ) from err
 
     def restore_latest(self, template: PyTree) -> tuple[int, PyTree] | None:
         """Restores the newest readable checkpoint onto `template`, falling back to older ones.
@@ -206,7 +208,9 @@ class CheckpointManager:
             except Exception as err:  # noqa: BLE001 -- any failure to read is "unreadable": try the previous
                 logging.warning(
                     "Checkpoint at step %d in %s is unreadable (%s); trying the previous checkpoint.",
-                    step, self._directory, describe(err),
+                    step,
+                    self._directory,
+                    describe(err),
                 )
                 failures.append((step, err))
                 self._unreadable_steps.add(step)
@@ -214,7 +218,9 @@ class CheckpointManager:
             if failures:
                 logging.warning(
                     "Restored step %d from %s after skipping unreadable step(s) %s.",
-                    step, self._directory, [s for s, _ in failures],
+                    step,
+                    self._directory,
+                    [s for s, _ in failures],
                 )
             return step, state
         details = "; ".join(f"step {s}: {describe(e)}" for s, e in failures)
@@ -340,6 +346,23 @@ def load_params(path, template: PyTree | None = None) -> tuple[PyTree, dict[str,
     path = _absolute(path)
     if not path.exists():
         raise FileNotFoundError(f"no exported parameters at {path}")
+    has_record = (path / _INTEGRITY).exists()
+    try:
+        restored = _read_export(path, template, has_record)
+    except CheckpointMismatchError:
+        raise  # the template is wrong, not the files
+    except Exception as err:  # noqa: BLE001 -- orbax and tensorstore raise many types for one bad file
+        raise UnreadableCheckpointError(
+            f"the exported parameters at {path} cannot be read: {describe(err)}"
+        ) from err
+    integrity.verify(
+        restored[_PARAMS], restored[_INTEGRITY] if has_record else None, f"exported parameters at {path}"
+    )
+    return restored[_PARAMS], restored[_CONFIG]
+
+
+def _read_export(path: epath.Path, template: PyTree | None, has_record: bool) -> dict[str, Any]:
+    """The items of an export directory as orbax restores them (no verification)."""
     with ocp.Checkpointer(_params_handler()) as checkpointer:
         stored = checkpointer.metadata(path).item_metadata[_PARAMS]
         if template is None:
@@ -351,15 +374,9 @@ def load_params(path, template: PyTree | None = None) -> tuple[PyTree, dict[str,
             _check_against_metadata(template, stored, f"exported parameters at {path}")
             target = jax.tree.map(_restore_target, template)
         items = {_PARAMS: ocp.args.StandardRestore(target), _CONFIG: ocp.args.JsonRestore()}
-        has_record = (path / _INTEGRITY).exists()
         if has_record:
             items[_INTEGRITY] = ocp.args.JsonRestore()
-        try:
-            restored = checkpointer.restore(path, args=ocp.args.Composite(**items))
-        except Exception as err:  # noqa: BLE001 -- orbax and tensorstore raise many types for one bad file
-            raise UnreadableCheckpointError(f"the exported parameters at {path} cannot be read: {describe(err)}") from err
-    integrity.verify(restored[_PARAMS], restored[_INTEGRITY] if has_record else None, f"exported parameters at {path}")
-    return restored[_PARAMS], restored[_CONFIG]
+        return checkpointer.restore(path, args=ocp.args.Composite(**items))
 
 
 # Managers not yet closed; closed (their saves in flight finished) when the interpreter exits.

@@ -64,7 +64,9 @@ def load_source(flag_values: flags.FlagValues) -> Source:
     """Checks --workdir / --checkpoint / --dataset and loads the parameters; app.UsageError naming the flag."""
     workdir, checkpoint_path = flag_values.workdir, flag_values.checkpoint
     if not workdir and not checkpoint_path:
-        raise app.UsageError("give --workdir (a training run) or --checkpoint (an exported parameter directory)")
+        raise app.UsageError(
+            "--workdir is required (a training run), unless --checkpoint gives an exported parameter directory"
+        )
     if checkpoint_path is None and not os.path.isdir(workdir):
         raise app.UsageError(f"--workdir={workdir} does not exist (and no --checkpoint was given)")
     if checkpoint_path is not None and not os.path.isdir(checkpoint_path):
