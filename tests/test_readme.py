@@ -32,4 +32,8 @@ def test_notebook_section_runs_and_gives_sane_results(capsys):
     ll = namespace["result"]["log_likelihood"]
     assert ll.shape == (4,) and bool(jnp.all(jnp.isfinite(ll))) and bool(jnp.all(ll < 0))
     assert namespace["z_prior"].shape == (5, 16)
+    # The loaded export gives the same likelihoods as the pure functions on the same parameters (other noise).
+    loaded_ll = np.asarray(namespace["ll"])
+    assert loaded_ll.shape == (4,) and np.all(np.isfinite(loaded_ll))
+    np.testing.assert_allclose(loaded_ll, np.asarray(ll), atol=5.0)
     assert "[" in capsys.readouterr().out
