@@ -97,8 +97,7 @@ class CheckpointManager:
         self._manager = ocp.CheckpointManager(
             self._directory,
             options=options,
-            item_names=(_STATE, _INTEGRITY),
-            item_handlers={_STATE: ocp.StandardCheckpointHandler(), _INTEGRITY: ocp.JsonCheckpointHandler()},
+            handler_registry=_step_handlers(),
         )
         self._unreadable_steps: set[int] = set()
         self._step_in_flight: int | None = None
@@ -408,6 +407,16 @@ def _close_open_managers() -> None:
             logging.error(
                 "Closing the checkpoint manager of %s at exit failed: %s", manager.directory, describe(err)
             )
+
+
+def _step_handlers() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
+    """The items of a step directory: the state (StandardSave / StandardRestore) and its integrity record (JSON)."""
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    for args in (ocp.args.StandardSave, ocp.args.StandardRestore):
+        registry.add(_STATE, args)
+    for args in (ocp.args.JsonSave, ocp.args.JsonRestore):
+        registry.add(_INTEGRITY, args)
+    return registry
 
 
 def _params_handler() -> ocp.CompositeCheckpointHandler:
