@@ -60,7 +60,9 @@ from pvpp.priors import AISConfig, make_prior
 from pvpp.priors.base import LOG_PARTITION_METHODS
 from pvpp.validation import check_choice, check_int
 
-SUBSET_STREAM = 2  # numpy spawn key of the subset draw (pvpp.data.binarize uses 0 and 1 for its streams)
+SUBSET_STREAM = 2
+#: The most latent samples decoded at once per image when no chunk size is given (`default_chunk_size`).
+DEFAULT_MAX_CHUNK = 100  # numpy spawn key of the subset draw (pvpp.data.binarize uses 0 and 1 for its streams)
 #: Per-image quantities of the importance-weighted pass (all nats, [N]).
 PER_IMAGE = ("log_likelihood_unnormalized", "elbo_unnormalized", "reconstruction", "kl_unnormalized")
 
@@ -228,6 +230,11 @@ def estimate_log_partition(
         return None
     ess = None if result.effective_sample_size is None else float(result.effective_sample_size)
     return LogPartition(config.log_partition, float(result.estimate), float(result.lower), float(result.upper), ess)
+
+
+def default_chunk_size(num_samples: int) -> int:
+    """The largest divisor of num_samples (k) that is at most DEFAULT_MAX_CHUNK: samples decoded at once."""
+    return max(d for d in range(1, min(num_samples, DEFAULT_MAX_CHUNK) + 1) if num_samples % d == 0)
 
 
 def check_log_partition_method(model_config: ModelConfig, method: str) -> None:
@@ -425,7 +432,9 @@ def _iwae_batch(variables, x, example_indices, key, *, model_config, num_samples
     return jax.vmap(one_image)(x, example_indices)
 
 
-def _check_images(model_config: ModelConfig, images: np.ndarray, example_indices: np.ndarray) -> None:
+def check_images(model_config: ModelConfig, images) -> np.ndarray:
+    """`images` as a numpy array, after checking that they are uint8 data-space pixels [N, H, W, C] this model
+    takes ({0, 1} for the Bernoulli likelihood: grey levels must be binarized first); ValueError / TypeError."""
     images = np.asarray(images)
     if images.ndim != 4 or tuple(images.shape[1:]) != model_config.image_shape:
         raise ValueError(
@@ -437,8 +446,13 @@ def _check_images(model_config: ModelConfig, images: np.ndarray, example_indices
     if images.size and images.max() > highest:
         raise ValueError(
             f"the {model_config.likelihood} likelihood needs pixels in 0..{highest}, got {images.max()}: "
-            "binarize them first (evaluation_images)"
+            "binarize grey levels first (evaluation_images, or pvpp.data.binarize_dynamically)"
         )
+    return images
+
+
+def _check_images(model_config: ModelConfig, images: np.ndarray, example_indices: np.ndarray) -> None:
+    images = check_images(model_config, images)
     if np.shape(example_indices) != images.shape[:1]:
         raise ValueError(f"example_indices must be [N] = {images.shape[:1]}, got {np.shape(example_indices)}")
     if images.shape[0] == 0:

@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from pvpp import evaluate, keys, sample, workdir
-from pvpp.likelihoods import make_likelihood
 from pvpp.model import ModelConfig, to_model_space
 from pvpp.priors import AISConfig, LogPartition, make_prior
 
@@ -71,28 +70,12 @@ class LoadedModel:
 
     def decode(self, key: jax.Array, z, *, decodes: int = 1, batch_size: int = 32) -> np.ndarray:
         """Autoregressive decodes of latents z [N, K]: uint8 [N, decodes, H, W, C]."""
-        images = sample.decode_latents(
-            self.config,
-            self.variables,
-            jnp.asarray(z, jnp.float32),
-            keys.stream(key, "prior_decode"),
-            decodes_per_latent=decodes,
-            batch_size=batch_size,
-        )
-        return sample.to_data_space(self.config, images)
+        return self._decode(keys.stream(key, "prior_decode"), z, decodes, batch_size)
 
     def reconstruct(self, key: jax.Array, images, *, decodes: int = 1, batch_size: int = 32) -> np.ndarray:
         """z ~ q(z | x) for each image, decoded `decodes` times: uint8 [B, decodes, H, W, C]."""
         z = self.encode(key, images)
-        images = sample.decode_latents(
-            self.config,
-            self.variables,
-            jnp.asarray(z),
-            keys.stream(key, "reconstruction_decode"),
-            decodes_per_latent=decodes,
-            batch_size=batch_size,
-        )
-        return sample.to_data_space(self.config, images)
+        return self._decode(keys.stream(key, "reconstruction_decode"), z, decodes, batch_size)
 
     def sample(
         self, key: jax.Array, num: int = 16, *, num_gibbs_sweeps: int = 1000, batch_size: int = 32
@@ -131,7 +114,7 @@ class LoadedModel:
         """Importance-weighted log p(x) per image, nats [B] (`pvpp.evaluate`: k = num_samples hard samples, log Z
         of an RBM prior by `log_partition` 'ais' with `ais`, or 'exact')."""
         images = np.asarray(images)
-        chunk = chunk_size or max(d for d in range(1, min(num_samples, 100) + 1) if num_samples % d == 0)
+        chunk = chunk_size or evaluate.default_chunk_size(num_samples)
         config = evaluate.EvalConfig(
             num_importance_samples=num_samples,
             chunk_size=chunk,
@@ -140,29 +123,22 @@ class LoadedModel:
             ais=ais,
         )
         indices = np.arange(images.shape[0])
-        result = evaluate.evaluate(
-            self.config, self.params, self._data_space(images), indices, config, key=key
-        )
+        result = evaluate.evaluate(self.config, self.params, images, indices, config, key=key)  # checks the images
         return result.per_image["log_likelihood"]
 
-    def _data_space(self, images) -> np.ndarray:
-        images = np.asarray(images)
-        if images.dtype != np.uint8:
-            raise TypeError(f"images must be uint8 in data space, got {images.dtype}")
-        highest = make_likelihood(self.config).value_range[1]
-        if images.size and images.max() > highest:
-            raise ValueError(
-                f"images hold values up to {images.max()}, the {self.config.likelihood} likelihood takes 0..{highest}: "
-                "binarize grey levels first (pvpp.data.binarize_dynamically)"
-            )
-        if images.ndim != 4 or tuple(images.shape[1:]) != self.config.image_shape:
-            raise ValueError(
-                f"images must be [B, {', '.join(map(str, self.config.image_shape))}], got {images.shape}"
-            )
-        return images
+    def _decode(self, stream_key: jax.Array, z, decodes: int, batch_size: int) -> np.ndarray:
+        images = sample.decode_latents(
+            self.config,
+            self.variables,
+            jnp.asarray(z, jnp.float32),
+            stream_key,
+            decodes_per_latent=decodes,
+            batch_size=batch_size,
+        )
+        return sample.to_data_space(self.config, images)
 
     def _model_space(self, images) -> jax.Array:
-        return to_model_space(self.config, jnp.asarray(self._data_space(images)))
+        return to_model_space(self.config, jnp.asarray(evaluate.check_images(self.config, images)))
 
 
 __all__ = ["LoadedModel", "load"]

@@ -25,7 +25,6 @@ from pvpp.priors import AISConfig
 
 FLAGS = flags.FlagValues()
 _DEFAULTS = evaluate.EvalConfig()
-DEFAULT_MAX_CHUNK = 100
 
 inference_common.define_source_flags(FLAGS)
 flags.DEFINE_string(
@@ -44,7 +43,7 @@ flags.DEFINE_integer(
 flags.DEFINE_integer(
     "chunk_size",
     None,
-    f"Samples decoded at once per image; must divide k. Default: min(k, {DEFAULT_MAX_CHUNK}) "
+    f"Samples decoded at once per image; must divide k. Default: min(k, {evaluate.DEFAULT_MAX_CHUNK}) "
     "when that divides k, else the largest divisor of k below it.",
     flag_values=FLAGS,
 )
@@ -93,7 +92,7 @@ def eval_config_from_flags(flag_values: flags.FlagValues = FLAGS) -> evaluate.Ev
         raise app.UsageError(f"--num_importance_samples must be >= 1, got {k}")
     chunk = flag_values.chunk_size
     if chunk is None:
-        chunk = max(d for d in range(1, min(k, DEFAULT_MAX_CHUNK) + 1) if k % d == 0)
+        chunk = evaluate.default_chunk_size(k)
     elif chunk < 1 or k % chunk:
         raise app.UsageError(f"--chunk_size ({chunk}) must be >= 1 and divide --num_importance_samples ({k})")
     try:
