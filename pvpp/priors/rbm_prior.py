@@ -72,8 +72,7 @@ class RBMPrior(Prior):
         return RBMParameters(self.num_left, self.num_right, self.init_scale)
 
     def prior_params(self, params: Any) -> rbm.RBMParams:
-        tree = params[self.param_scope]
-        return rbm.RBMParams(tree["left_bias"], tree["right_bias"], tree["weights"])
+        return rbm_params(params)
 
     def split(self, z: jax.Array) -> tuple[jax.Array, jax.Array]:
         """z [..., K] -> (z_left [..., nL], z_right [..., nR])."""
@@ -171,8 +170,9 @@ class RBMParameters(nn.Module):
 
 
 def rbm_params(params: Any) -> rbm.RBMParams:
-    """The RBM inside a PixelVAEPP 'params' collection (a shorthand for notebooks)."""
-    return RBMPrior.prior_params(RBMPrior(1, 1), params)
+    """The RBM inside a PixelVAEPP 'params' collection (under `RBMPrior.param_scope`)."""
+    tree = params[RBMPrior.param_scope]
+    return rbm.RBMParams(tree["left_bias"], tree["right_bias"], tree["weights"])
 
 
 def negative_phase_from_chains(chains: rbm.ChainState) -> NegativePhase:

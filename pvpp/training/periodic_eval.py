@@ -34,7 +34,7 @@ def evaluate(
     log_z_key = jax.random.fold_in(keys.stream(root, "log_partition"), step)
     for prefix, params in (("eval", state.params), ("eval_ema", ema_params(state.opt_state))):
         log_z = jnp.zeros(())
-        estimate = fns.log_partition(prior.prior_params(unreplicate(params)), log_z_key)
+        estimate = fns.log_partition(unreplicate(prior.prior_params(params)), log_z_key)
         if estimate is not None:
             log_z = estimate.estimate
             suffix = "" if prefix == "eval" else "_ema"
