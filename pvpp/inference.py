@@ -68,17 +68,23 @@ class LoadedModel:
             sample.posterior_latents(self.config, self.variables, x, keys.stream(key, "posterior_latents"))
         )
 
-    def decode(self, key: jax.Array, z, *, decodes: int = 1, batch_size: int = 32) -> np.ndarray:
-        """Autoregressive decodes of latents z [N, K]: uint8 [N, decodes, H, W, C]."""
-        return self._decode(keys.stream(key, "prior_decode"), z, decodes, batch_size)
+    def decode(
+        self, key: jax.Array, z, *, decodes: int = 1, batch_size: int = 32, sampler: str = "cached"
+    ) -> np.ndarray:
+        """Autoregressive decodes of latents z [N, K]: uint8 [N, decodes, H, W, C]. sampler: 'cached' or 'naive'
+        (the same images, `pvpp.sample.model_sampler`)."""
+        return self._decode(keys.stream(key, "prior_decode"), z, decodes, batch_size, sampler)
 
-    def reconstruct(self, key: jax.Array, images, *, decodes: int = 1, batch_size: int = 32) -> np.ndarray:
+    def reconstruct(
+        self, key: jax.Array, images, *, decodes: int = 1, batch_size: int = 32, sampler: str = "cached"
+    ) -> np.ndarray:
         """z ~ q(z | x) for each image, decoded `decodes` times: uint8 [B, decodes, H, W, C]."""
         z = self.encode(key, images)
-        return self._decode(keys.stream(key, "reconstruction_decode"), z, decodes, batch_size)
+        return self._decode(keys.stream(key, "reconstruction_decode"), z, decodes, batch_size, sampler)
 
     def sample(
-        self, key: jax.Array, num: int = 16, *, num_gibbs_sweeps: int = 1000, batch_size: int = 32
+        self, key: jax.Array, num: int = 16, *, num_gibbs_sweeps: int = 1000, batch_size: int = 32,
+        sampler: str = "cached",
     ) -> np.ndarray:
         """num images from the model: z from the prior (RBM: block Gibbs, num_gibbs_sweeps sweeps), one decode
         each: uint8 [num, H, W, C]."""
@@ -89,7 +95,7 @@ class LoadedModel:
             num,
             num_gibbs_sweeps=num_gibbs_sweeps,
         )
-        return self.decode(key, z, decodes=1, batch_size=batch_size)[:, 0]
+        return self.decode(key, z, decodes=1, batch_size=batch_size, sampler=sampler)[:, 0]
 
     def log_partition(
         self, key: jax.Array, *, method: str = "ais", ais: AISConfig = AISConfig()
@@ -126,7 +132,7 @@ class LoadedModel:
         result = evaluate.evaluate(self.config, self.params, images, indices, config, key=key)  # checks the images
         return result.per_image["log_likelihood"]
 
-    def _decode(self, stream_key: jax.Array, z, decodes: int, batch_size: int) -> np.ndarray:
+    def _decode(self, stream_key: jax.Array, z, decodes: int, batch_size: int, sampler: str) -> np.ndarray:
         images = sample.decode_latents(
             self.config,
             self.variables,
@@ -134,6 +140,7 @@ class LoadedModel:
             stream_key,
             decodes_per_latent=decodes,
             batch_size=batch_size,
+            sampler=sampler,
         )
         return sample.to_data_space(self.config, images)
 

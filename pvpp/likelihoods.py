@@ -93,6 +93,19 @@ def logistic_mixture_sample(key: jax.Array, params: jax.Array, num_channels: int
     return jnp.stack(values, axis=-1)
 
 
+def sample_pixel_values(key: jax.Array, outputs_BK: jax.Array, likelihood: str, num_channels: int) -> jax.Array:
+    """All C channels of one pixel from the decoder outputs at that pixel: [B, K] -> [B, C] in model space.
+
+    'bernoulli': K = C logits, samples mapped {0, 1} -> {-1, +1}. 'logistic_mixture': K = (1 + 3C) * nr_mix,
+    samples on the 256-level grid of [-1, 1]. The per-pixel step of both autoregressive samplers.
+    """
+    if likelihood == "bernoulli":
+        return 2.0 * bernoulli_sample(key, outputs_BK) - 1.0
+    if likelihood == "logistic_mixture":
+        return logistic_mixture_sample(key, outputs_BK, num_channels)
+    raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+
+
 def quantize(x: jax.Array) -> jax.Array:
     """Rounds values in [-1, 1] to the nearest of the 256 grid points 2v/255 - 1."""
     return jnp.round((x + 1.0) * 127.5) / 127.5 - 1.0

@@ -234,6 +234,12 @@ class PixelVAEPP(nn.Module):
 
     def decode_with_down_path(self, down: DownPath, z: jax.Array, *, train: bool = False) -> jax.Array:
         """The up path for latents z [B, K] on a precomputed down path (of the same images)."""
+        cond_map, h, extras = self.decoder_conditioning(z)
+        return self.decoder.up(down, cond_map=cond_map, h=h, skip_extras=extras, train=train)
+
+    def decoder_conditioning(self, z: jax.Array) -> tuple[jax.Array | None, jax.Array | None, list | None]:
+        """What the decoder's up path reads of latents z [B, K]: (cond_map f(z1) [B, H, W, D] or None,
+        h = z2 [B, |z2|] or None, skip_extras: one f(z3_k) [B, H_k, W_k, D] per skip, or None)."""
         cfg = self.config
         if z.ndim != 2 or z.shape[1] != cfg.num_latents:
             raise ValueError(f"z must be [B, {cfg.num_latents}], got {z.shape}")
@@ -244,7 +250,7 @@ class PixelVAEPP(nn.Module):
         if cfg.group_sizes[2]:
             groups = jnp.split(z3, cfg.num_skips, axis=-1)
             extras = [latent_map(g) for latent_map, g in zip(self.z3_maps, groups)]
-        return self.decoder.up(down, cond_map=cond_map, h=h, skip_extras=extras, train=train)
+        return cond_map, h, extras
 
     def prior_params(self):
         """The prior's parameters (RBMParams for 'rbm', [K] logits for 'bernoulli'), or None."""

@@ -128,7 +128,7 @@ class PixelCNNPP(nn.Module):
             raise ValueError(f"cond_map must be [B, H, W, D] aligned with x {x.shape}, got {cond_map.shape}")
         if h is not None and (h.ndim != 2 or h.shape[0] != x.shape[0]):
             raise ValueError(f"h must be [B, D] with B = {x.shape[0]}, got {h.shape}")
-        cond_features = self._cond_features(cond_map)
+        cond_features = self.cond_features(cond_map)
 
         # A channel of ones, so that zero padding differs from mid-grey pixels.
         x = jnp.concatenate([x, jnp.ones(x.shape[:3] + (1,), x.dtype)], axis=-1)
@@ -170,7 +170,7 @@ class PixelCNNPP(nn.Module):
                 raise ValueError(
                     f"cond_map must be [B, H, W, D] aligned with the image {down.u_list[0].shape[:3]}, got {cond_map.shape}"
                 )
-            cond_features = self._cond_features(cond_map)
+            cond_features = self.cond_features(cond_map)
         u_list, ul_list = list(down.u_list), list(down.ul_list)
         if len(u_list) != self.num_skips or len(ul_list) != self.num_skips:
             raise ValueError(
@@ -212,7 +212,8 @@ class PixelCNNPP(nn.Module):
         assert not u_list and not ul_list, (len(u_list), len(ul_list))
         return self.head(jax.nn.elu(ul))
 
-    def _cond_features(self, cond_map: jax.Array | None) -> tuple[jax.Array, ...] | None:
+    def cond_features(self, cond_map: jax.Array | None) -> tuple[jax.Array, ...] | None:
+        """cond_map [B, H, W, D] -> one [B, H_r, W_r, F] map per stage (highest resolution first), or None."""
         if cond_map is None:
             return None
         features, m = [], cond_map

@@ -26,16 +26,7 @@ the *same* `decode` object every time: jit compares static functions by identity
     x = autoregressive_sample(decode, key, (16, 28, 28, 1), "bernoulli", variables, z)   # compiles
     x = autoregressive_sample(decode, key2, (16, 28, 28, 1), "bernoulli", variables2, z2)  # reuses it
 
-Energy distance (Szekely & Rizzo). For two sets of images X = {x_i}, Y = {y_j}, flattened and compared with
-the Euclidean norm, `energy_distance(X, Y) = 2 E|X - Y| - E|X - X'| - E|Y - Y'|` with every expectation an
-average over all pairs (the V-statistic: pairs (i, i) included). This form is >= 0 and exactly 0 for identical
-sets.
-
-Sorting. The PixelVAE++ figures (4 and 7) show rows of decodes of latents sorted by energy distance; the text
-of the paper was not available here to check the exact rule, so `sort_by_energy_distance` implements this one:
-each row is the set of S decodes of one latent z; the first row is the medoid (the smallest summed energy
-distance to all other rows), then each next row is the not-yet-placed row nearest (in energy distance) to the
-last placed one, ties to the lower index. Neighbouring rows therefore hold similar distributions of images.
+Energy distance and the sorted figures: `pvpp.energy_distance` (its names are re-exported here).
 """
 
 from __future__ import annotations
@@ -51,13 +42,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from pvpp import images as image_io
-from pvpp import keys, likelihoods
+from pvpp import cached_sampler, keys, likelihoods
+from pvpp.energy_distance import (  # noqa: F401  (re-exported: the figures' sorting is part of generation)
+    energy_distance,
+    energy_distance_matrix,
+    greedy_chain_order,
+    pairwise_distances,
+    sort_by_energy_distance,
+)
 from pvpp.likelihoods import make_likelihood
 from pvpp.model import ModelConfig, PixelVAEPP
 from pvpp.priors import make_prior
-from pvpp.validation import check_int
+from pvpp.validation import check_choice, check_int
 
-LIKELIHOODS = ("bernoulli", "logistic_mixture")
+LIKELIHOODS = likelihoods.LIKELIHOODS
 
 
 def autoregressive_sample(
@@ -119,102 +117,8 @@ def pixel_key_stream(key: jax.Array, num_pixels: int) -> jax.Array:
     return keys.fold_in_each(key, jnp.arange(num_pixels))
 
 
-def sample_pixel_values(
-    key: jax.Array, outputs_BK: jax.Array, likelihood: str, num_channels: int
-) -> jax.Array:
-    """All C channels of one pixel from the decoder outputs at that pixel: [B, K] -> [B, C] in model space.
-
-    'bernoulli': K = C logits, samples mapped {0, 1} -> {-1, +1}. 'logistic_mixture': K = (1 + 3C) * nr_mix,
-    samples on the 256-level grid of [-1, 1]. This is the per-pixel step of `autoregressive_sample`.
-    """
-    if likelihood == "bernoulli":
-        return 2.0 * likelihoods.bernoulli_sample(key, outputs_BK) - 1.0
-    if likelihood == "logistic_mixture":
-        return likelihoods.logistic_mixture_sample(key, outputs_BK, num_channels)
-    raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
-
-
-def energy_distance(a: jax.Array, b: jax.Array) -> jax.Array:
-    """Energy distance between two sets of samples: a [N, ...], b [M, ...] (same trailing shape) -> scalar.
-
-    2 E|X - Y| - E|X - X'| - E|Y - Y'| with the Euclidean norm of the flattened samples and every expectation
-    a mean over all pairs (V-statistic), so the value is >= 0, symmetric, and 0 for identical sets. Units:
-    those of the samples (for [-1, 1] images, model-space distance).
-    """
-    a, b = jnp.asarray(a), jnp.asarray(b)
-    if a.ndim < 1 or b.ndim < 1 or a.shape[1:] != b.shape[1:]:
-        raise ValueError(
-            f"a and b must be [N, ...] and [M, ...] with the same trailing shape, got {a.shape} and {b.shape}"
-        )
-    if a.shape[0] == 0 or b.shape[0] == 0:
-        raise ValueError(f"a and b must hold at least one sample each, got {a.shape} and {b.shape}")
-    a2, b2 = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
-    dtype = jnp.result_type(a2.dtype, b2.dtype, jnp.float32)
-    a2, b2 = a2.astype(dtype), b2.astype(dtype)
-    cross = jnp.mean(pairwise_distances(a2, b2))
-    return 2.0 * cross - jnp.mean(pairwise_distances(a2, a2)) - jnp.mean(pairwise_distances(b2, b2))
-
-
-def energy_distance_matrix(groups: jax.Array) -> jax.Array:
-    """Energy distances between every pair of groups: groups [R, S, ...] (R sets of S samples) -> [R, R].
-
-    Symmetric with a zero diagonal; entry (r, q) equals `energy_distance(groups[r], groups[q])`. All R * S
-    samples are compared once, so the cost is (R S)^2 distances of flattened samples.
-    """
-    groups = jnp.asarray(groups)
-    if groups.ndim < 3:
-        raise ValueError(f"groups must be [R, S, ...] (R sets of S samples, each >= 1-D), got {groups.shape}")
-    num_groups, group_size = groups.shape[:2]
-    flat = groups.reshape(num_groups * group_size, -1).astype(jnp.result_type(groups.dtype, jnp.float32))
-    distances = pairwise_distances(flat, flat).reshape(num_groups, group_size, num_groups, group_size)
-    mean_distance = jnp.mean(distances, axis=(1, 3))  # [R, R]: E|X_r - X_q|
-    within = jnp.diagonal(mean_distance)
-    matrix = 2.0 * mean_distance - within[:, None] - within[None, :]
-    # The diagonal is 0 by construction; set it exactly (2m - m - m can round to +-eps).
-    return jnp.where(jnp.eye(num_groups, dtype=bool), 0.0, matrix)
-
-
-def sort_by_energy_distance(groups: jax.Array) -> tuple[np.ndarray, np.ndarray]:
-    """Orders rows of decodes so that neighbouring rows are close in energy distance.
-
-    groups [R, S, ...]: row r holds S decodes of latent z_r (e.g. [R, S, H, W, C] images). Returns
-    (groups[order], order) with order [R] a permutation: order[0] is the medoid row (smallest summed energy
-    distance to all others, ties to the lower index); each next row is the unplaced row nearest to the
-    previous one. See the module notes for why this rule.
-    """
-    matrix = np.asarray(energy_distance_matrix(groups))
-    order = greedy_chain_order(matrix)
-    return np.asarray(groups)[order], order
-
-
-def greedy_chain_order(distance_matrix: np.ndarray) -> np.ndarray:
-    """Greedy nearest-neighbour chain over a symmetric [R, R] distance matrix -> permutation [R] (int).
-
-    Starts at the row with the smallest row sum; then repeatedly appends the nearest unvisited row to the last
-    one. Ties go to the lower index.
-    """
-    matrix = np.asarray(distance_matrix, dtype=np.float64)
-    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] == 0:
-        raise ValueError(f"distance_matrix must be a non-empty square [R, R] matrix, got {matrix.shape}")
-    num = matrix.shape[0]
-    order = [int(np.argmin(matrix.sum(axis=1)))]
-    unvisited = np.ones(num, dtype=bool)
-    unvisited[order[0]] = False
-    while unvisited.any():
-        candidates = np.where(unvisited, matrix[order[-1]], np.inf)
-        nxt = int(np.argmin(candidates))
-        order.append(nxt)
-        unvisited[nxt] = False
-    return np.asarray(order, dtype=np.int64)
-
-
-def pairwise_distances(a: jax.Array, b: jax.Array) -> jax.Array:
-    """Euclidean distances between rows: a [N, D], b [M, D] -> [N, M].
-
-    Computed from the differences themselves, one row of a at a time (memory M * D), not via
-    |a|^2 + |b|^2 - 2 a.b, whose cancellation leaves ~sqrt(D * eps) instead of 0 for equal images.
-    """
-    return jax.lax.map(lambda row: jnp.sqrt(jnp.sum(jnp.square(row[None, :] - b), axis=-1)), a)
+#: All C channels of one pixel from the decoder outputs there, [B, K] -> [B, C] (`likelihoods.sample_pixel_values`).
+sample_pixel_values = likelihoods.sample_pixel_values
 
 
 def _sample(decode, pixel_keys, shape, likelihood, decode_args, num_pixels) -> jax.Array:
@@ -281,10 +185,12 @@ def _check_decoder_output(out_shape: tuple[int, ...], shape: tuple[int, ...], li
 # same rows reordered by `sort_by_energy_distance`. Prior 'none' (plain PixelCNN++) has no latents: its
 # "latents" are [N, 0] and the rows are plain samples; it has no reconstructions.
 #
-# Decoding: `model_decoder(config)` is the `decode(x, variables, z)` handed to `autoregressive_sample`; it is
-# built once per configuration (cached), so every call with the same configuration and batch shape reuses
-# one compiled sampler. The down path depends on x and reruns for every pixel. The N * S images are decoded
-# `batch_size` at a time (the last batch padded with copies of its last latent); decode batch b uses the key
+# Decoding: `model_sampler(config, sampler)` is `run(pixel_keys, variables, z) -> x`, built once per configuration
+# and sampler (cached), so every call with the same configuration and batch shape reuses one compiled program.
+# Two samplers draw the same images from the same keys (up to float rounding of the decoder outputs):
+# 'cached' (the default) is `pvpp.cached_sampler`, about one decoder pass of work per image; 'naive' runs the
+# whole decoder once per pixel through `autoregressive_sample` (the reference; `model_decoder(config)` is its
+# `decode(x, variables, z)`). The N * S images are decoded `batch_size` at a time (the last batch padded with copies of its last latent); decode batch b uses the key
 # fold_in(key, b), so the images depend on batch_size (recorded with them). Randomness follows `pvpp.keys`:
 # the streams 'prior_latents', 'prior_decode', 'posterior_latents' and 'reconstruction_decode' of the root key.
 
@@ -298,6 +204,7 @@ class SampleConfig:
     num_gibbs_sweeps: block-Gibbs sweeps of each RBM chain before its state is used. batch_size: images decoded
     at once. split: where the reconstructed images come from. seed: root of every random stream (and of the
     fixed binarization / choice of the test images, as in `pvpp.evaluate`). upscale: PNG pixels per image pixel.
+    sampler: 'cached' (incremental, the default) or 'naive' (the whole decoder once per pixel), see `SAMPLERS`.
     """
 
     num_latents: int = 8
@@ -309,6 +216,7 @@ class SampleConfig:
     split: str = "test"
     seed: int = 0
     upscale: int = 2
+    sampler: str = "cached"
 
     def __post_init__(self):
         for name, minimum in (
@@ -316,12 +224,24 @@ class SampleConfig:
             ("num_gibbs_sweeps", 1), ("batch_size", 1), ("seed", 0), ("upscale", 1),
         ):
             check_int(getattr(self, name), name, minimum)
+        check_choice(self.sampler, "sampler", SAMPLERS)
 
     def replace(self, **changes) -> "SampleConfig":
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def model_sampler(config: ModelConfig, sampler: str = "cached") -> Callable[..., jax.Array]:
+    """`run(pixel_keys, variables, z)` -> images x [B, H, W, C] (model space) decoded from latents z [B, K]; pixel
+    p = i * W + j drawn with pixel_keys[p] ([H * W] keys, `pixel_key_stream`). Dropout off.
+
+    sampler: 'cached' (`pvpp.cached_sampler`) or 'naive' (`autoregressive_sample_with_keys` over
+    `model_decoder`). The same compiled function for equal configurations (dropout aside).
+    """
+    check_choice(sampler, "sampler", SAMPLERS)
+    return _model_sampler(config.replace(dropout_rate=0.0), sampler)
 
 
 def model_decoder(config: ModelConfig) -> Callable[..., jax.Array]:
@@ -340,6 +260,59 @@ def _model_decoder(config: ModelConfig) -> Callable[..., jax.Array]:
         return model.apply(variables, x, z, method=PixelVAEPP.decode)
 
     return decode
+
+
+@functools.lru_cache(maxsize=None)
+def _model_sampler(config: ModelConfig, sampler: str) -> Callable[..., jax.Array]:
+    return _SAMPLER_BUILDERS[sampler](config)
+
+
+def _naive_model_sampler(config: ModelConfig) -> Callable[..., jax.Array]:
+    decode = _model_decoder(config)
+
+    def run(pixel_keys, variables, z):
+        shape = (z.shape[0],) + config.image_shape
+        return autoregressive_sample_with_keys(decode, pixel_keys, shape, config.likelihood, variables, z)
+
+    return run
+
+
+def _cached_model_sampler(config: ModelConfig) -> Callable[..., jax.Array]:
+    spec = decoder_spec(config)
+
+    @jax.jit
+    def run(pixel_keys, variables, z):
+        shape = (z.shape[0],) + config.image_shape
+        conditioning = model_conditioning(config, variables, z)
+        return cached_sampler.cached_sample(
+            spec, variables["params"]["decoder"], pixel_keys, shape, config.likelihood, conditioning
+        )
+
+    return run
+
+
+def decoder_spec(config: ModelConfig) -> cached_sampler.DecoderSpec:
+    """The static shape of a PixelVAEPP's decoder, for `pvpp.cached_sampler`."""
+    return cached_sampler.DecoderSpec(config.nr_resnet, config.nr_filters, config.out_channels, config.downsample)
+
+
+def model_conditioning(config: ModelConfig, variables: Any, z: jax.Array) -> cached_sampler.Conditioning:
+    """What a PixelVAEPP's decoder reads of latents z [B, K], for `pvpp.cached_sampler`: the up path only, with
+    the f(z1) features of each stage, h = z2 and the f(z3_k) skip extras (Nones for absent groups)."""
+    return PixelVAEPP(config).apply(variables, z, method=_conditioning)
+
+
+def _conditioning(module: PixelVAEPP, z: jax.Array) -> cached_sampler.Conditioning:
+    cond_map, h, extras = module.decoder_conditioning(z)
+    features = None if cond_map is None else module.decoder.cond_features(cond_map)
+    return cached_sampler.Conditioning(
+        up_features=features, up_h=h, skip_extras=None if extras is None else tuple(extras)
+    )
+
+
+#: The samplers of `model_sampler`, by name: each builds `run(pixel_keys, variables, z)` for a configuration.
+_SAMPLER_BUILDERS = {"cached": _cached_model_sampler, "naive": _naive_model_sampler}
+SAMPLERS = tuple(_SAMPLER_BUILDERS)
 
 
 def prior_latents(config: ModelConfig, params: Any, key: jax.Array, num: int, *, num_gibbs_sweeps: int) -> jax.Array:
@@ -362,23 +335,25 @@ def posterior_latents(config: ModelConfig, variables: Any, x: jax.Array, key: ja
 
 
 def decode_latents(
-    config: ModelConfig, variables: Any, z: jax.Array, key: jax.Array, *, decodes_per_latent: int, batch_size: int
+    config: ModelConfig, variables: Any, z: jax.Array, key: jax.Array, *, decodes_per_latent: int, batch_size: int,
+    sampler: str = "cached",
 ) -> jax.Array:
-    """Decodes every latent S = decodes_per_latent times: z [N, K] -> images [N, S, H, W, C] in model space."""
+    """Decodes every latent S = decodes_per_latent times: z [N, K] -> images [N, S, H, W, C] in model space.
+
+    Batch b of `batch_size` images uses the key stream of fold_in(key, b); sampler as in `model_sampler`."""
     num = z.shape[0]
     if z.ndim != 2 or z.shape[1] != config.num_latents:
         raise ValueError(f"z must be [N, {config.num_latents}], got {z.shape}")
     total = num * decodes_per_latent
     repeated = jnp.repeat(z, decodes_per_latent, axis=0)  # [N * S, K], latent n at rows n*S .. n*S + S-1
     batch = min(batch_size, total)
-    decode = model_decoder(config)
-    shape = (batch,) + config.image_shape
+    run = model_sampler(config, sampler)
+    num_pixels = config.image_shape[0] * config.image_shape[1]
     outputs = []
     for b, start in enumerate(range(0, total, batch)):
         rows = np.arange(start, start + batch).clip(max=total - 1)  # pad the last batch with its last latent
-        outputs.append(
-            autoregressive_sample(decode, jax.random.fold_in(key, b), shape, config.likelihood, variables, repeated[rows])
-        )
+        pixel_keys = pixel_key_stream(jax.random.fold_in(key, b), num_pixels)
+        outputs.append(run(pixel_keys, variables, repeated[rows]))
     images = jnp.concatenate(outputs)[:total]
     return images.reshape((num, decodes_per_latent) + config.image_shape)
 
@@ -397,6 +372,7 @@ def generate_from_prior(
     images = decode_latents(
         config, {"params": params}, z, keys.stream(key, "prior_decode"),
         decodes_per_latent=sample_config.decodes_per_latent, batch_size=sample_config.batch_size,
+        sampler=sample_config.sampler,
     )
     _, order = sort_by_energy_distance(images)
     return {"latents": np.asarray(z), "images": np.asarray(images), "order": order}
@@ -414,6 +390,7 @@ def reconstruct(
     images = decode_latents(
         config, variables, z, keys.stream(key, "reconstruction_decode"),
         decodes_per_latent=sample_config.decodes_per_image, batch_size=sample_config.batch_size,
+        sampler=sample_config.sampler,
     )
     _, order = sort_by_energy_distance(images)
     return {"latents": np.asarray(z), "images": np.asarray(images), "order": order}

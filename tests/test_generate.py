@@ -1,5 +1,5 @@
-"""Generation from a PixelVAE++: the decoding loop against a naive per-pixel loop (both likelihoods, with latents),
-posterior latents, and the sample command's PNG grids and arrays."""
+"""Generation from a PixelVAE++: both samplers (cached and naive) against a naive per-pixel loop (both
+likelihoods, with latents), posterior latents, and the sample command's PNG grids and arrays."""
 
 import functools
 import json
@@ -66,14 +66,17 @@ def _naive_decode(config, variables, z, key):
     return x
 
 
+@pytest.mark.parametrize("sampler", sample.SAMPLERS)
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_decoding_latents_equals_a_naive_per_pixel_loop(name):
+def test_decoding_latents_equals_a_naive_per_pixel_loop(name, sampler):
     config, variables = _model(name)
     num_latents, decodes = 2, 2
     z = _latents(config, jax.random.key(4), num_latents)
     key = jax.random.key(5)
     images = np.asarray(
-        sample.decode_latents(config, variables, z, key, decodes_per_latent=decodes, batch_size=num_latents * decodes)
+        sample.decode_latents(
+            config, variables, z, key, decodes_per_latent=decodes, batch_size=num_latents * decodes, sampler=sampler
+        )
     )
     assert images.shape == (num_latents, decodes) + config.image_shape
     # decode_latents: one batch (key fold_in(key, 0)) holding latent n at rows n * S .. n * S + S - 1.
@@ -86,7 +89,7 @@ def test_decoding_latents_equals_a_naive_per_pixel_loop(name):
     # The latents reach the samples: other latents, same noise -> other images.
     other = np.asarray(
         sample.decode_latents(config, variables, _latents(config, jax.random.key(6), num_latents), key,
-                              decodes_per_latent=decodes, batch_size=num_latents * decodes)
+                              decodes_per_latent=decodes, batch_size=num_latents * decodes, sampler=sampler)
     )
     assert np.any(other != images)
 

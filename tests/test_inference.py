@@ -11,8 +11,9 @@ import pytest
 
 import pvpp
 from helpers import random_variables
-from pvpp import data, evaluate, train, workdir as workdir_files
+from pvpp import data, evaluate, sample, train, workdir as workdir_files
 from pvpp.experiments import evaluate as evaluate_command
+from pvpp.experiments import sample as sample_command
 from pvpp.model import ModelConfig, PixelVAEPP
 from test_train import MODEL, run, synthetic_splits
 
@@ -49,6 +50,25 @@ def test_load_a_workdir_or_its_export_and_use_the_pure_functions(trained):
     assert float(log_z.estimate) == pytest.approx(want.summary["log_partition"]["estimate"], rel=1e-6)
     with pytest.raises(ValueError, match="binarize grey levels first"):
         model.encode(key, np.full((1, 8, 8, 1), 200, np.uint8))
+
+
+def test_cached_and_naive_sample_commands_write_identical_arrays(trained, tmp_path):
+    workdir, _ = trained
+    arrays = {}
+    for sampler in sample.SAMPLERS:
+        out = tmp_path / sampler
+        paths = sample_command.run([
+            "sample", f"--workdir={workdir}", f"--output_dir={out}", "--num_latents=2", "--decodes_per_latent=2",
+            "--num_reconstructions=0", "--num_gibbs_sweeps=5", "--batch_size=4", "--seed=3", f"--sampler={sampler}",
+            # Trained on synthetic 8x8 data: name a real data set (never read without reconstructions).
+            "--dataset=caltech101_silhouettes", "--allow_other_dataset",
+        ])
+        arrays[sampler] = dict(np.load(paths["arrays"]))
+        assert json.loads((out / "samples.json").read_text())["settings"]["sampler"] == sampler
+    assert arrays["cached"].keys() == arrays["naive"].keys()
+    for name, value in arrays["naive"].items():
+        np.testing.assert_array_equal(arrays["cached"][name], value, err_msg=name)
+    assert len(np.unique(arrays["naive"]["prior_images"])) == 2  # trained: not a blank image
 
 
 def test_the_commands_take_an_export_alone(tmp_path, data_dir):

@@ -2,7 +2,7 @@
 
     python -m pvpp.experiments.sample --workdir=WORKDIR [--checkpoint=EXPORT_DIR] [--output_dir=DIR]
         [--num_latents=8] [--decodes_per_latent=8] [--num_reconstructions=8] [--decodes_per_image=8]
-        [--num_gibbs_sweeps=50000] [--seed=0]
+        [--num_gibbs_sweeps=50000] [--seed=0] [--sampler=cached|naive]
 
 Writes into --output_dir (default <workdir>/samples/):
   prior_samples.png           one row per prior latent (RBM: block Gibbs; Gaussian: N(0, I)), its decodes across
@@ -10,7 +10,7 @@ Writes into --output_dir (default <workdir>/samples/):
   reconstructions.png         one row per test image: the image, then decodes of one z ~ q(z | x)
   reconstructions_sorted.png  the same rows ordered by energy distance (Figure 4's arrangement)
   samples.npz                 the latents, the images (uint8 data space: {0, 1} binary, 0..255 RGB), the orders
-  samples.json                the settings and where the parameters came from
+  samples.json                the settings (with the sampler that ran) and where the parameters came from
 Prior 'none' (plain PixelCNN++): only the prior_samples grids (rows are plain samples). Uses the EMA parameters,
 dropout off. See pvpp/sample.py for the procedure.
 """
@@ -58,6 +58,14 @@ flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Images decoded at once
 flags.DEFINE_string("split", _DEFAULTS.split, "Split the reconstructed images come from.", flag_values=FLAGS)
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Root of every random stream.", flag_values=FLAGS)
 flags.DEFINE_integer("upscale", _DEFAULTS.upscale, "PNG pixels per image pixel.", flag_values=FLAGS)
+flags.DEFINE_enum(
+    "sampler",
+    _DEFAULTS.sampler,
+    list(sample.SAMPLERS),
+    "'cached': incremental, about one decoder pass per image; 'naive': the whole decoder once per pixel "
+    "(the reference). Both draw the same images from the same seed.",
+    flag_values=FLAGS,
+)
 
 
 def sample_config_from_flags(flag_values: flags.FlagValues = FLAGS) -> sample.SampleConfig:
@@ -103,10 +111,11 @@ def execute(argv: list[str]) -> dict[str, str]:
     root = jax.random.key(config.seed)
     prior = sample.generate_from_prior(model_config, params, root, config)
     logging.info(
-        "prior samples: %d x %d in %.1f s",
+        "prior samples: %d x %d in %.1f s (%s sampler)",
         config.num_latents,
         config.decodes_per_latent,
         time.perf_counter() - start,
+        config.sampler,
     )
     reconstructions = None
     if inputs is not None:
@@ -136,7 +145,9 @@ def execute(argv: list[str]) -> dict[str, str]:
             indent=2,
         )
         f.write("\n")
-    print(f"wrote {', '.join(sorted(paths.values()))} in {time.perf_counter() - start:.1f} s")
+    print(
+        f"wrote {', '.join(sorted(paths.values()))} in {time.perf_counter() - start:.1f} s ({config.sampler} sampler)"
+    )
     return paths
 
 

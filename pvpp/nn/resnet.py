@@ -58,4 +58,10 @@ class GatedResNet(nn.Module):
             c = c + hw[:, None, None, :]
         if cond_map is not None:
             c = c + nn.Dense(2 * features, use_bias=False, kernel_init=_COND_KERNEL_INIT, name="cond_map")(cond_map)
-        return x + c[..., :features] * jax.nn.sigmoid(c[..., features:])
+        return gate(x, c)
+
+
+def gate(x: jax.Array, c: jax.Array) -> jax.Array:
+    """The gated residual update: x [..., F], c [..., 2F] -> x + c[..., :F] * sigmoid(c[..., F:])."""
+    features = x.shape[-1]
+    return x + c[..., :features] * jax.nn.sigmoid(c[..., features:])

@@ -42,8 +42,7 @@ class DownShiftedConv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kh, kw = self.kernel_size
-        pad = ((kh - 1, 0), ((kw - 1) // 2, (kw - 1) // 2))
+        pad = down_shifted_padding(self.kernel_size)
         return WNConv(self.features, self.kernel_size, self.strides, pad, self.init_scale, name="conv")(x)
 
 
@@ -57,8 +56,7 @@ class DownRightShiftedConv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kh, kw = self.kernel_size
-        pad = ((kh - 1, 0), (kw - 1, 0))
+        pad = down_right_shifted_padding(self.kernel_size)
         return WNConv(self.features, self.kernel_size, self.strides, pad, self.init_scale, name="conv")(x)
 
 
@@ -72,7 +70,7 @@ class DownShiftedConvTranspose(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        pad = _transpose_padding(self.kernel_size, self.strides, left=(self.kernel_size[1] - 1) // 2)
+        pad = down_shifted_transpose_padding(self.kernel_size, self.strides)
         return WNConvTranspose(self.features, self.kernel_size, self.strides, pad, self.init_scale, name="conv")(x)
 
 
@@ -86,8 +84,38 @@ class DownRightShiftedConvTranspose(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        pad = _transpose_padding(self.kernel_size, self.strides, left=0)
+        pad = down_right_shifted_transpose_padding(self.kernel_size, self.strides)
         return WNConvTranspose(self.features, self.kernel_size, self.strides, pad, self.init_scale, name="conv")(x)
+
+
+# The paddings (lax pairs ((top, bottom), (left, right))) of the layers above: public, so that code which
+# evaluates these layers window by window (`pvpp.cached_sampler`) reads the same geometry.
+
+
+def down_shifted_padding(kernel_size: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Padding of `DownShiftedConv`: kh - 1 rows on top, (kw - 1) // 2 columns on each side."""
+    kh, kw = kernel_size
+    return (kh - 1, 0), ((kw - 1) // 2, (kw - 1) // 2)
+
+
+def down_right_shifted_padding(kernel_size: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Padding of `DownRightShiftedConv`: kh - 1 rows on top, kw - 1 columns on the left."""
+    kh, kw = kernel_size
+    return (kh - 1, 0), (kw - 1, 0)
+
+
+def down_shifted_transpose_padding(
+    kernel_size: tuple[int, int], strides: tuple[int, int]
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Padding of the dilated input of `DownShiftedConvTranspose` (columns centred)."""
+    return _transpose_padding(kernel_size, strides, left=(kernel_size[1] - 1) // 2)
+
+
+def down_right_shifted_transpose_padding(
+    kernel_size: tuple[int, int], strides: tuple[int, int]
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Padding of the dilated input of `DownRightShiftedConvTranspose` (columns left-aligned)."""
+    return _transpose_padding(kernel_size, strides, left=0)
 
 
 def _transpose_padding(

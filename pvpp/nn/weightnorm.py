@@ -123,9 +123,7 @@ def weight_normed(
     and the normalised output is returned.
     """
     features = kernel.shape[-1]
-    reduce_axes = tuple(range(kernel.ndim - 1))
-    sq_norm = jnp.sum(jnp.square(kernel), axis=reduce_axes, keepdims=True)
-    direction = kernel * jax.lax.rsqrt(sq_norm + KERNEL_NORM_EPS)
+    direction = kernel_direction(kernel)
     if module.is_initializing():
         out = apply(direction)
         stat_axes = tuple(range(out.ndim - 1))
@@ -139,6 +137,20 @@ def weight_normed(
     bias = module.param("bias", nn.initializers.zeros, (features,))
     out = apply(direction * _along_last(scale, kernel.ndim))
     return out + _along_last(bias, out.ndim)
+
+
+def effective_kernel(params) -> tuple[jax.Array, jax.Array]:
+    """(g * V / ||V||, b) of a trained weight-normalised layer's parameters {'kernel', 'scale', 'bias'}: the
+    kernel and bias the layer applies outside `init` (for code that evaluates the layer piecewise)."""
+    kernel = params["kernel"]
+    return kernel_direction(kernel) * _along_last(params["scale"], kernel.ndim), params["bias"]
+
+
+def kernel_direction(kernel: jax.Array) -> jax.Array:
+    """V / ||V||, the norm taken per output channel (over every axis but the last)."""
+    reduce_axes = tuple(range(kernel.ndim - 1))
+    sq_norm = jnp.sum(jnp.square(kernel), axis=reduce_axes, keepdims=True)
+    return kernel * jax.lax.rsqrt(sq_norm + KERNEL_NORM_EPS)
 
 
 def _along_last(v: jax.Array, ndim: int) -> jax.Array:
