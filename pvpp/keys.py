@@ -32,6 +32,7 @@ STREAMS = (
     "prior_decode",  # generation: decoding prior latents
     "posterior_latents",  # generation: latents from q(z | x) for reconstructions
     "reconstruction_decode",  # generation: decoding those
+    "eval_grids",  # the sample / reconstruction grids of the periodic evaluation in training (then per step)
 )
 
 

@@ -7,12 +7,14 @@ TensorBoard (tensorboardX, no TensorFlow). A reopened writer appends (a resumed 
 Given `start_step` (the step a run resumes from), it first removes what a killed run wrote after that step, from
 metrics.jsonl and from the event files, so that no step appears twice. Non-finite values are written as the
 strings "NaN", "Infinity" and "-Infinity" (strict JSON has no such numbers); `read_metrics` turns them back into
-floats. `read_tensorboard_scalars` reads the event files back.
+floats. `write_images` adds images (the evaluation's sample grids) to TensorBoard only. `read_tensorboard_scalars`
+and `read_tensorboard_images` read the event files back.
 """
 
 from __future__ import annotations
 
 import glob
+import io
 import json
 import math
 import os
@@ -23,6 +25,7 @@ from typing import Any
 
 import numpy as np
 from absl import logging
+from PIL import Image
 from tensorboardX import SummaryWriter
 from tensorboardX.proto import event_pb2
 from tensorboardX.record_writer import masked_crc32c
@@ -93,6 +96,17 @@ class MetricsWriter:
                     )
             self._tensorboard.flush()
 
+    def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+        """Adds uint8 images [H, W, C] (C in {1, 3}; e.g. sample grids) to TensorBoard at `step`, by tag."""
+        if self._tensorboard is None:
+            return
+        for tag, image in images.items():
+            image = np.asarray(image)
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] not in (1, 3):
+                raise ValueError(f"image {tag!r} must be uint8 [H, W, C] with C in {{1, 3}}, got {image.dtype} {image.shape}")
+            self._tensorboard.add_image(tag, image, _as_int(step, "step"), dataformats="HWC")
+        self._tensorboard.flush()
+
     def close(self) -> None:
         if not self._file.closed:
             self._file.close()
@@ -134,8 +148,22 @@ def read_tensorboard_scalars(directory) -> dict[str, list[tuple[int, float]]]:
     scalars: dict[str, list[tuple[int, float]]] = {}
     for event in _read_events(directory):
         for value in event.summary.value:
-            scalars.setdefault(value.tag, []).append((int(event.step), float(value.simple_value)))
+            if value.WhichOneof("value") == "simple_value":
+                scalars.setdefault(value.tag, []).append((int(event.step), float(value.simple_value)))
     return scalars
+
+
+def read_tensorboard_images(directory) -> dict[str, list[tuple[int, np.ndarray]]]:
+    """{tag: [(step, uint8 image [H, W, C]), ...]} of every image in the event files under `directory`."""
+    images: dict[str, list[tuple[int, np.ndarray]]] = {}
+    for event in _read_events(directory):
+        for value in event.summary.value:
+            if value.WhichOneof("value") == "image":
+                with Image.open(io.BytesIO(value.image.encoded_image_string)) as png:
+                    pixels = np.asarray(png)
+                pixels = pixels[..., None] if pixels.ndim == 2 else pixels
+                images.setdefault(value.tag, []).append((int(event.step), pixels))
+    return images
 
 
 def _drop_records_after(path: str, step: int) -> None:

@@ -6,25 +6,8 @@ init graph for every test model.
 """
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-
-def random_variables(init_fn, *args, seed: int = 0):
-    """Variables with the structure of `init_fn(*args)` filled with random values, by parameter name:
-    weight-norm scales g ~ U(0.5, 1.5); biases and logits ~ N(0, 0.1^2); kernels and RBM weights ~ N(0, 0.1^2)."""
-    shapes = jax.eval_shape(init_fn, *args)
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        name = jax.tree_util.keystr(path[-1:])
-        if "scale" in name:
-            value = rng.uniform(0.5, 1.5, leaf.shape)
-        else:
-            value = rng.normal(0.0, 0.1, leaf.shape)
-        return jnp.asarray(value, leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
+from pvpp.bench.common import random_variables  # noqa: F401  (shared with the benchmarks)
 
 
 def fast_init_key(seed: int) -> jax.Array:

@@ -83,7 +83,7 @@ def trained(tmp_path_factory, data_dir):
     test_data = data.load("caltech101_silhouettes", "test", data_dir=data_dir)
     eval_data = dataclasses.replace(test_data, images=test_data.images[:16], labels=None)
     train_config = train.TrainConfig(
-        batch_size=16, num_steps=150, num_devices=1, num_chains=32, eval_every=10**6, eval_examples=16,
+        batch_size=16, num_steps=150, num_devices=1, num_chains=32, eval_every=10**6, eval_examples=16, eval_grids=0,
         log_every=150, checkpoint_every=10**6, log_z_ais=train.AISConfig(num_chains=16, num_betas=10),
         optim=optim.OptimConfig(learning_rate=2e-3, ema_decay=0.9, kl_warmup_steps=50),
     )

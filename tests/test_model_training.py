@@ -39,6 +39,7 @@ TRAIN = train.TrainConfig(
     batch_size=BATCH,
     num_steps=NUM_STEPS,
     num_devices=1,
+    eval_grids=0,  # no sample grids: this test is about learning (test_train checks the grids)
     init_batch_size=32,
     num_chains=64,
     sweeps_per_step=1,

@@ -333,7 +333,7 @@ train.run_training(model, config, data.DataSplit("synthetic", "train", images, N
 
 
 def test_sigkill_at_an_arbitrary_point_then_the_same_command_resumes(tmp_path):
-    config = TRAIN.replace(num_steps=40, checkpoint_every=10, log_every=10, eval_every=1000)
+    config = TRAIN.replace(num_steps=40, checkpoint_every=10, log_every=10, eval_every=20)
     workdir = tmp_path / "killed"
     cache = jax.config.jax_compilation_cache_dir
     command = [
@@ -388,3 +388,16 @@ def test_sigkill_at_an_arbitrary_point_then_the_same_command_resumes(tmp_path):
         [value for _, value in scalars["train/loss"]], [r["train/loss"] for r in records if "train/loss" in r],
         rtol=1e-6,
     )
+    # The sample and reconstruction grids of each evaluation, once per evaluation step: 8 samples in a row; the
+    # 8 evaluation images over their 8 reconstructions (binary images drawn 0 / 255).
+    grids = metrics.read_tensorboard_images(workdir / metrics.TENSORBOARD_DIRNAME)
+    tile = 8 + 1  # an 8x8 image and one pixel of padding
+    for tag, rows in (("samples", 1), ("reconstructions", 2)):
+        assert [step for step, _ in grids[tag]] == [20, 40], tag
+        for _, grid in grids[tag]:
+            # (TensorBoard stores grey images as RGB PNGs.)
+            assert grid.shape[:2] == (rows * tile + 1, 8 * tile + 1) and set(np.unique(grid)) <= {0, 255, 128}
+    evaluation_images = synthetic_splits()[1].images[:8, :, :, 0] * 255
+    _, last = grids["reconstructions"][-1]
+    shown = np.stack([last[1 : 1 + 8, 1 + k * tile : 1 + k * tile + 8, 0] for k in range(8)])
+    np.testing.assert_array_equal(shown, evaluation_images)

@@ -1,158 +1,177 @@
-"""Benchmark of autoregressive generation: time per image, compile time separate.
+"""Benchmark of generation: the cached sampler against the naive one, interleaved in one run.
 
-    python -m pvpp.bench.sample [--output sample.json] [--quick] [--pixels N | --full] [--target-seconds S]
+    python -m pvpp.bench.sample [--output sample.json] [--quick] [--configs mnist_paper,cifar10_paper]
+        [--rounds 2] [--naive-pixels N | --full]
 
-Configurations: the paper's MNIST decoder (28x28x1, nr_resnet 3, 64 filters, downsampling, Bernoulli,
-batch 16) and a CIFAR-10-shaped one (32x32x3, nr_resnet 5, 128 filters, 10 logistic components = 100 outputs,
-batch 4), with freshly initialised (data-dependent init) parameters: sampling cost does not depend on their
-values. `pvpp.sample.autoregressive_sample_with_keys` runs the whole decoder once per pixel inside one
-`lax.fori_loop`; it is compiled ahead of time (`.lower(...).compile()`, reported as compile time), then run.
+Configurations: PixelVAE++ decoders of the paper, batch 16, random weights (sampling cost does not depend on
+their values), latents drawn at random: `mnist_paper` (`pvpp.model.mnist_config()`: 28x28x1, nr_resnet 3, 64
+filters, down-sampling, Bernoulli, 400 z1) and `cifar10_paper` (`cifar10_config()`: 32x32x3, nr_resnet 5, 128
+filters, 10 logistics, z1, z2 and z3). Both samplers run through `pvpp.sample.model_sampler`, the code the sample
+command runs, with the same latents and key stream.
 
-A full sample costs H * W decoder passes, which on a small CPU can take many minutes. Unless `--full` is
-given, only the first N pixels in raster order are sampled (N from `--pixels`, or chosen so that the run
-takes about `--target-seconds`, from a timed single decoder pass) and the time per image is extrapolated as
-(time for N pixels) / N * H * W / B: every pixel costs one identical decoder pass, so the cost is linear in
-N. The JSON marks such figures `"extrapolated": true`.
+The naive sampler runs the whole decoder once per pixel, so one batch takes minutes. Unless `--full` is given,
+it is timed over the first N pixels (N from `--naive-pixels`, default 64) and its time per batch is extrapolated
+as (time for N pixels) * H * W / N: every pixel costs one identical decoder pass, so the cost is linear in N (the
+JSON marks it `"extrapolated": true`). The cached sampler always samples the whole image. Each round times
+naive then cached (odd rounds: cached first); the figures are medians over rounds, the ratio is of medians.
+Every timing records the wall and process CPU seconds and the 1-minute load average before and after it.
+
+Check on every run: the first N pixels of the cached images equal the naive sampler's (the whole images with
+`--full`), bit for bit.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from pvpp import likelihoods, sample
-from pvpp.bench.common import log, machine_info, timed, write_result
-from pvpp.pixelcnn import PixelCNNPP
+from pvpp import sample
+from pvpp.bench.common import log, machine_info, measured, random_variables, write_result
+from pvpp.model import ModelConfig, PixelVAEPP, cifar10_config, mnist_config
 
 CONFIGS = {
-    "mnist_paper": dict(shape=(16, 28, 28, 1), nr_resnet=3, nr_filters=64, nr_mix=None, downsample=True),
-    "cifar10_shaped": dict(shape=(4, 32, 32, 3), nr_resnet=5, nr_filters=128, nr_mix=10, downsample=True),
+    "mnist_paper": (mnist_config(dropout_rate=0.0), 16),
+    "cifar10_paper": (cifar10_config(dropout_rate=0.0), 16),
 }
 QUICK = {
-    "mnist_quick": dict(shape=(2, 28, 28, 1), nr_resnet=1, nr_filters=8, nr_mix=None, downsample=True),
-    "cifar10_quick": dict(shape=(2, 32, 32, 3), nr_resnet=1, nr_filters=8, nr_mix=2, downsample=True),
+    "mnist_quick": (
+        mnist_config(dropout_rate=0.0, nr_resnet=1, nr_filters=8, num_concat_latents=8, rbm_num_left=4),
+        2,
+    ),
+    "cifar10_quick": (
+        cifar10_config(
+            dropout_rate=0.0,
+            image_shape=(8, 8, 3),
+            nr_resnet=1,
+            nr_filters=8,
+            nr_logistic_mix=2,
+            num_concat_latents=4,
+            num_cond_latents=4,
+            shared_latents_per_layer=1,
+            rbm_num_left=8,
+            encoder_filters=8,
+            latent_map_channels=2,
+        ),
+        2,
+    ),
 }
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default=None, help="JSON file to write (default: stdout)")
-    parser.add_argument("--quick", action="store_true", help="tiny configurations, all pixels (smoke run)")
-    parser.add_argument("--full", action="store_true", help="sample every pixel (no extrapolation)")
-    parser.add_argument("--pixels", type=int, default=None, help="pixels to sample per configuration")
-    parser.add_argument(
-        "--target-seconds", type=float, default=60.0, help="run length per configuration without --pixels"
-    )
+    parser.add_argument("--quick", action="store_true", help="tiny configurations, whole images (smoke run)")
+    parser.add_argument("--configs", default=None, help=f"comma-separated subset of {sorted(CONFIGS)}")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of naive and cached")
+    parser.add_argument("--naive-pixels", type=int, default=64, help="pixels the naive sampler is timed over")
+    parser.add_argument("--full", action="store_true", help="time the naive sampler over the whole image")
     args = parser.parse_args(argv)
-    if args.full and args.pixels is not None:
-        parser.error("--full and --pixels exclude each other")
     configs = QUICK if args.quick else CONFIGS
+    if args.configs:
+        unknown = sorted(set(args.configs.split(",")) - set(configs))
+        if unknown:
+            parser.error(f"--configs: unknown {unknown}; choose from {sorted(configs)}")
+        configs = {name: configs[name] for name in args.configs.split(",")}
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
     full = args.full or args.quick
-    runs = [_run(name, cfg, full, args.pixels, args.target_seconds) for name, cfg in configs.items()]
-    result = {"benchmark": "pvpp.bench.sample", "machine": machine_info(), "runs": runs}
+    runs = [
+        _run(name, config, batch, args.rounds, None if full else args.naive_pixels)
+        for name, (config, batch) in configs.items()
+    ]
+    result = {
+        "benchmark": "pvpp.bench.sample",
+        "machine": machine_info(),
+        "rounds": args.rounds,
+        "runs": runs,
+        "load_average_1min_at_end": os.getloadavg()[0],
+    }
     write_result(result, args.output)
     if args.output:
         log(f"wrote {args.output}")
     return result
 
 
-def _run(name: str, cfg: dict, full: bool, pixels: int | None, target_seconds: float) -> dict:
-    shape = cfg["shape"]
-    batch, height, width, channels = shape
+def _run(name: str, config: ModelConfig, batch: int, rounds: int, naive_pixels: int | None) -> dict:
+    height, width, _ = config.image_shape
     total = height * width
-    binary = cfg["nr_mix"] is None
-    likelihood = "bernoulli" if binary else "logistic_mixture"
-    out_channels = channels if binary else likelihoods.num_mixture_params(channels, cfg["nr_mix"])
-    model = PixelCNNPP(
-        cfg["nr_resnet"], cfg["nr_filters"], out_channels, dropout_rate=0.0, downsample=cfg["downsample"]
-    )
-    init_x = jax.random.uniform(jax.random.key(0), shape, minval=-1.0, maxval=1.0)
-    variables = jax.jit(model.init)(jax.random.key(1), init_x)
-    num_params = int(sum(p.size for p in jax.tree.leaves(variables)))
-
-    def decode(x, variables):
-        return model.apply(variables, x)
-
-    # One decoder pass at this batch: the unit of cost, and the basis of the automatic pixel count.
-    forward = jax.jit(decode)
-    _, forward_compile_seconds = timed(lambda: forward(init_x, variables))
-    forward_seconds = min(timed(lambda: forward(init_x, variables))[1] for _ in range(3))
-
-    if full:
-        num_pixels = total
-    elif pixels is not None:
-        num_pixels = pixels
-    else:
-        num_pixels = int(np.clip(round(target_seconds / forward_seconds), 1, total))
+    num_pixels = total if naive_pixels is None else naive_pixels
     if not 1 <= num_pixels <= total:
-        raise ValueError(f"--pixels must be in [1, {total}] for {name}, got {num_pixels}")
+        raise ValueError(f"--naive-pixels must be in [1, {total}] for {name}, got {num_pixels}")
+    model = PixelVAEPP(config)
+    x = jnp.zeros((1,) + config.image_shape)
+    variables = random_variables(lambda x: model.init(jax.random.key(0), x, jax.random.key(1)), x, seed=0)
+    num_params = int(sum(p.size for p in jax.tree.leaves(variables["params"]["decoder"])))
+    z = jax.random.bernoulli(jax.random.key(2), 0.5, (batch, config.num_latents)).astype(jnp.float32)
+    pixel_keys = sample.pixel_key_stream(jax.random.key(3), total)
+    shape = (batch,) + config.image_shape
+    decode = sample.model_decoder(config)
+    cached_run = sample.model_sampler(config, "cached")
 
-    keys = sample.pixel_key_stream(jax.random.key(2), total)
-    start = time.perf_counter()
-    lowered = sample.autoregressive_sample_with_keys.lower(
-        decode, keys, shape, likelihood, variables, num_pixels=num_pixels
+    def naive():
+        return sample.autoregressive_sample_with_keys(
+            decode, pixel_keys, shape, config.likelihood, variables, z, num_pixels=num_pixels
+        )
+
+    def cached():
+        return cached_run(pixel_keys, variables, z)
+
+    log(f"{name}: compiling (first calls)")
+    naive_images, naive_first = measured(naive)
+    cached_images, cached_first = measured(cached)
+    flat = (batch, total, -1)
+    identical = bool(
+        np.array_equal(
+            np.asarray(cached_images).reshape(flat)[:, :num_pixels],
+            np.asarray(naive_images).reshape(flat)[:, :num_pixels],
+        )
     )
-    trace_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    compiled = lowered.compile()
-    compile_seconds = time.perf_counter() - start
+    if not identical:
+        raise RuntimeError(f"{name}: the cached sampler's images differ from the naive sampler's (same keys)")
 
-    samples, run_seconds = timed(lambda: compiled(keys, variables))
-    if run_seconds < 5.0:  # short runs: take the better of two, as the first may include one-off allocation
-        other_keys = sample.pixel_key_stream(jax.random.key(3), total)
-        run_seconds = min(run_seconds, timed(lambda: compiled(other_keys, variables))[1])
-    _check_samples(np.asarray(samples), likelihood, num_pixels)
-
-    seconds_per_pixel_pass = run_seconds / num_pixels
-    seconds_per_batch = seconds_per_pixel_pass * total
+    timings = {"naive": [], "cached": []}
+    for r in range(rounds):
+        for which in ("naive", "cached") if r % 2 == 0 else ("cached", "naive"):
+            _, record = measured(naive if which == "naive" else cached)
+            timings[which].append(record)
+            log(
+                f"{name}: round {r + 1}/{rounds} {which}: {record['wall_seconds']:.2f} s (load {record['load_1min_before']:.2f})"
+            )
+    scale = total / num_pixels  # naive: time for num_pixels -> time for the whole image
+    naive_batch = float(np.median([t["wall_seconds"] for t in timings["naive"]])) * scale
+    cached_batch = float(np.median([t["wall_seconds"] for t in timings["cached"]]))
     run = {
         "name": name,
-        "likelihood": likelihood,
-        "image_shape": [height, width, channels],
+        "model_config": config.to_dict(),
         "batch": batch,
-        "nr_resnet": cfg["nr_resnet"],
-        "nr_filters": cfg["nr_filters"],
-        "out_channels": out_channels,
-        "downsample": cfg["downsample"],
-        "num_params": num_params,
-        "trace_seconds": trace_seconds,
-        "compile_seconds": compile_seconds,
-        "forward_compile_seconds": forward_compile_seconds,
-        "forward_seconds": forward_seconds,
-        "pixels_total": total,
-        "pixels_timed": num_pixels,
-        "seconds_for_timed_pixels": run_seconds,
-        "seconds_per_pixel_pass": seconds_per_pixel_pass,
-        "loop_pass_over_forward": seconds_per_pixel_pass / forward_seconds,
-        "extrapolated": num_pixels < total,
-        "seconds_per_batch": seconds_per_batch,
-        "seconds_per_image": seconds_per_batch / batch,
-        "images_per_hour": 3600.0 * batch / seconds_per_batch,
+        "decoder_params": num_params,
+        "naive": {
+            "pixels_timed": num_pixels,
+            "extrapolated": num_pixels < total,
+            "seconds_per_batch": naive_batch,
+            "first_call": naive_first,
+            "timings": timings["naive"],
+        },
+        "cached": {
+            "seconds_per_batch": cached_batch,
+            "seconds_per_image": cached_batch / batch,
+            "first_call": cached_first,
+            "timings": timings["cached"],
+        },
+        "speedup": naive_batch / cached_batch,
+        "identical_images": "whole images" if num_pixels == total else f"first {num_pixels} pixels",
+        "busy": any(t["busy"] for ts in timings.values() for t in ts),
     }
-    label = f"extrapolated from {num_pixels}/{total} pixels" if run["extrapolated"] else "all pixels"
     log(
-        f"{name}: {height}x{width}x{channels}, batch {batch}, {num_params:,} params: "
-        f"compile {compile_seconds:.1f} s (+ trace {trace_seconds:.1f} s); "
-        f"{seconds_per_pixel_pass * 1e3:.0f} ms per pixel pass "
-        f"(one forward pass {forward_seconds * 1e3:.0f} ms); {seconds_per_batch:.0f} s per batch, "
-        f"{run['seconds_per_image']:.1f} s per image ({label})"
+        f"{name}: batch {batch}, {num_params:,} decoder params: naive {naive_batch:.1f} s per batch"
+        f"{' (extrapolated from %d pixels)' % num_pixels if num_pixels < total else ''}, cached {cached_batch:.2f} s"
+        f" -> {run['speedup']:.0f}x"
     )
     return run
-
-
-def _check_samples(samples: np.ndarray, likelihood: str, num_pixels: int) -> None:
-    """Guards against timing a broken run: sampled pixels hold valid values, the rest are untouched zeros."""
-    flat = samples.reshape(samples.shape[0], -1, samples.shape[-1])
-    sampled, rest = flat[:, :num_pixels], flat[:, num_pixels:]
-    if likelihood == "bernoulli":
-        valid = np.all(np.abs(sampled) == 1.0)
-    else:
-        valid = bool(np.all(np.abs(sampled) <= 1.0 + 1e-6))
-    if not valid or np.any(rest != 0.0):
-        raise RuntimeError(f"the sampler produced invalid values ({likelihood}, first {num_pixels} pixels)")
 
 
 if __name__ == "__main__":

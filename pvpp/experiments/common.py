@@ -251,6 +251,13 @@ def define_flags(
         "eval_batch_size", None, "evaluation batch (default: --batch_size)", lower_bound=1, **fv
     )
     flags.DEFINE_integer(
+        "eval_grids",
+        train["eval_grids"],
+        "images in the sample and reconstruction grids written to TensorBoard at each evaluation (0: none)",
+        lower_bound=0,
+        **fv,
+    )
+    flags.DEFINE_integer(
         "checkpoint_every", train["checkpoint_every"], "steps between checkpoints", lower_bound=1, **fv
     )
     flags.DEFINE_integer(
@@ -319,6 +326,7 @@ def configs_from_flags(
             eval_every=f.eval_every,
             eval_examples=f.eval_examples,
             eval_batch_size=f.eval_batch_size,
+            eval_grids=f.eval_grids,
             checkpoint_every=f.checkpoint_every,
             keep_checkpoints=f.keep_checkpoints,
         )

@@ -62,7 +62,8 @@ class TrainConfig:
     persistent chains, `sweeps_per_step` block-Gibbs sweeps per step; 'ais': fresh `negative_ais` samples each
     step), see `step_config`. log_z_ais: AIS for log Z at each evaluation. init_batch_size: images for the
     data-dependent init (None: batch_size). eval_examples: the fixed evaluation subset (the first images of the
-    evaluation split). eval_batch_size: None means batch_size.
+    evaluation split). eval_batch_size: None means batch_size. eval_grids: images in each of the sample and
+    reconstruction grids written to TensorBoard at every evaluation (0: none; `pvpp.training.grids`).
     """
 
     batch_size: int = 128
@@ -81,6 +82,7 @@ class TrainConfig:
     eval_every: int = 10_000
     eval_examples: int = 1000
     eval_batch_size: int | None = None
+    eval_grids: int = 8
     checkpoint_every: int = 2000
     keep_checkpoints: int = 3
 
@@ -98,6 +100,7 @@ class TrainConfig:
             ("log_every", 1),
             ("eval_every", 1),
             ("eval_examples", 1),
+            ("eval_grids", 0),
             ("checkpoint_every", 1),
             ("keep_checkpoints", 1),
         ):

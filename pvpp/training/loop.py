@@ -31,7 +31,8 @@ from absl import logging
 from pvpp import checkpoint, data, workdir as workdir_files
 from pvpp.metrics import MetricsWriter, ProgressLogger
 from pvpp.model import ModelConfig, PixelVAEPP
-from pvpp.training import periodic_eval
+from pvpp.optim import ema_params
+from pvpp.training import grids, periodic_eval
 from pvpp.training.compiled import step_functions
 from pvpp.training.config import DataConfig, TrainConfig
 from pvpp.training.devices import Prefetcher, device_sharding, first_copy_scalars, replicate, unreplicate
@@ -191,6 +192,15 @@ def _train(model_config, train_config, train_data, eval_data, workdir, run_descr
             if do_eval:
                 results = periodic_eval.evaluate(fns, state, step, eval_batches, model)
                 writer.write(step, results)
+                if train_config.eval_grids:
+                    ema = unreplicate(ema_params(state.opt_state))
+                    first_images = np.asarray(eval_batches[0][0]).reshape((-1,) + model_config.image_shape)
+                    writer.write_images(
+                        step,
+                        grids.evaluation_grids(
+                            model_config, ema, first_images, root_key, step, train_config.eval_grids
+                        ),
+                    )
                 log_z = results.get("log_partition")
                 logging.info("eval step %d: %s", step, _format(results))
                 # Rates of the next progress line: training steps only, not the evaluation.
