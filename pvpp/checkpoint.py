@@ -2,9 +2,14 @@
 
 Training checkpoints: `CheckpointManager(directory)` saves a pytree state at a step and keeps the last N. The
 state may hold jax arrays (including typed PRNG keys from `jax.random.key`), numpy arrays and numpy / Python
-scalars (e.g. a data iterator's position). Saves are asynchronous by default: `save` returns once the arrays
-are copied to host memory and the files are written in the background; `wait_until_finished`, `restore_latest`
-and `close` (run by the `with` block, and at interpreter exit for a manager still open) wait for them. A write
+scalars (e.g. a data iterator's position). `save` is synchronous by default. With `async_save=True` (training
+does this) it returns once the arrays are copied to host memory and the files are written in the background;
+`wait_until_finished`, `restore_latest` and `close` (run by the `with` block) wait for them. Asynchronous saving
+is for code that owns the manager's lifetime and closes it: at interpreter exit Python shuts down the thread
+pools that orbax's background write needs before any public exit hook runs, so a save still in flight then
+cannot be finished. An exit hook (`atexit`) closes managers left open and reports such a save as an error
+naming the step; that step is then incomplete and is discarded by the next writable manager (the earlier steps
+are intact). A write
 goes to a temporary directory that orbax renames to `<directory>/<step>` only when complete, so a process
 killed mid-save leaves the previous checkpoints intact, and the half-written temporary directory is removed
 when the next writable manager opens.
@@ -32,7 +37,7 @@ import atexit
 import contextlib
 import json
 import os
-import threading
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -74,14 +79,15 @@ class CheckpointManager:
     Args:
       directory: where the step directories `<directory>/<step>` live (created if missing, unless read_only).
       max_to_keep: number of most recent checkpoints kept; older ones are deleted after each save.
-      async_save: write in a background thread (`save` returns after the device-to-host copy).
+      async_save: write in a background thread (`save` returns after the device-to-host copy); then close the
+        manager (or use `with`) before the program ends, or the last save may be lost (see the module notes).
       read_only: never write, delete or clean up anything (e.g. an evaluator watching a training run).
 
     Use as a context manager, or call `close()`, so that the last save is complete before the program goes on.
     The state passed to `save` must be unreplicated (one copy per array, as on a single device).
     """
 
-    def __init__(self, directory, *, max_to_keep: int = 3, async_save: bool = True, read_only: bool = False):
+    def __init__(self, directory, *, max_to_keep: int = 3, async_save: bool = False, read_only: bool = False):
         check_int(max_to_keep, "max_to_keep", 1)
         self._directory = _absolute(directory)
         self._read_only = read_only
@@ -378,34 +384,29 @@ def _read_export(path: epath.Path, template: PyTree | None, has_record: bool) ->
         return checkpointer.restore(path, args=ocp.args.Composite(**items))
 
 
-# Managers not yet closed; closed (their saves in flight finished) when the interpreter exits.
-_OPEN_MANAGERS: set[CheckpointManager] = set()
-_EXIT_HOOK_REGISTERED = False
+# Managers not yet closed: the exit hook closes them, and reports a save it could not finish.
+_OPEN_MANAGERS: weakref.WeakSet[CheckpointManager] = weakref.WeakSet()
 
 
 def _register_open_manager(manager: CheckpointManager) -> None:
-    """Makes sure `manager` is closed at interpreter exit, so that an asynchronous save in flight completes.
-
-    `atexit` is too late for that: when atexit functions run, concurrent.futures already refuses new work
-    ("cannot schedule new futures after interpreter shutdown") and orbax's background save fails, leaving only
-    its temporary directory. Functions registered with `threading._register_atexit` (CPython >= 3.9) run
-    earlier, before the executors shut down; we fall back to atexit where it does not exist.
-    """
-    global _EXIT_HOOK_REGISTERED
     _OPEN_MANAGERS.add(manager)
-    if not _EXIT_HOOK_REGISTERED:
-        register = getattr(threading, "_register_atexit", atexit.register)
-        register(_close_open_managers)
-        _EXIT_HOOK_REGISTERED = True
 
 
+@atexit.register
 def _close_open_managers() -> None:
+    """Closes the managers a program left open. A save still in flight at this point may fail (the thread pools
+    are shut down before `atexit` runs): the error names the step, which the next writable manager discards."""
     for manager in list(_OPEN_MANAGERS):
+        in_flight = manager._step_in_flight
         try:
             manager.close()
         except Exception as err:  # noqa: BLE001 -- report every manager's failure, keep closing the others
             logging.error(
-                "Closing the checkpoint manager of %s at exit failed: %s", manager.directory, describe(err)
+                "The checkpoint manager of %s was not closed before the program ended%s: %s. Close it (or use "
+                "`with`) after the last save.",
+                manager.directory,
+                "" if in_flight is None else f", and the save of step {in_flight} could not be finished",
+                describe(err),
             )
 
 

@@ -112,8 +112,11 @@ def _train(model_config, train_config, train_data, eval_data, workdir, run_descr
     root_key = jax.random.key(train_config.seed)
     eval_batches = periodic_eval.eval_batches(eval_data, train_config, num_devices, mesh_sharding)
 
+    # Asynchronous saves: the `finally` below closes the manager, so the last save completes.
     manager = checkpoint.CheckpointManager(
-        os.path.join(workdir, workdir_files.CHECKPOINT_DIRNAME), max_to_keep=train_config.keep_checkpoints
+        os.path.join(workdir, workdir_files.CHECKPOINT_DIRNAME),
+        max_to_keep=train_config.keep_checkpoints,
+        async_save=True,
     )
     writer = prefetcher = None
     try:
