@@ -5,8 +5,10 @@ Model level (section "Model-level generation" below; `python -m pvpp.experiments
 `generate_from_prior` (Figures 5-7: RBM latents by block Gibbs, N(0, I) for the Gaussian prior, each decoded
 several times), `reconstruct` (Figures 2-4: one hard z ~ q(z | x) per test image, decoded several times),
 `save_figures` (PNG grids, rows also sorted by energy distance as in Figures 4 and 7, and the arrays as .npz).
+Decoding there uses the cached sampler (`pvpp.cached_sampler`, about one decoder pass of work per image) unless
+`sampler='naive'` asks for the generic loop below; both draw the same images from the same keys.
 
-Sampling. `autoregressive_sample(decode, key, shape, likelihood, *decode_args)` draws x [B, H, W, C] in model
+Sampling (the generic, naive loop: any causal decoder). `autoregressive_sample(decode, key, shape, likelihood, *decode_args)` draws x [B, H, W, C] in model
 space ([-1, 1]; binary images as -1 / +1) from a decoder that is autoregressive in raster order: output (i, j)
 of `decode(x, *decode_args)` may depend on x only at pixels before (i, j). One `lax.fori_loop` step per pixel
 runs the whole decoder once, samples every channel of pixel p = i * W + j from the outputs at (i, j) with the
