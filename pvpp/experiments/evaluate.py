@@ -19,7 +19,7 @@ import time
 from absl import app, flags, logging
 
 from pvpp import evaluate
-from pvpp.experiments import inference_common
+from pvpp.experiments import inference_common, processes
 from pvpp.experiments.errors import exit_on_stopping_errors, quiet_orbax_logs
 from pvpp.priors import AISConfig
 
@@ -27,6 +27,7 @@ FLAGS = flags.FlagValues()
 _DEFAULTS = evaluate.EvalConfig()
 
 inference_common.define_source_flags(FLAGS)
+processes.define_flags(FLAGS)
 flags.DEFINE_string(
     "output",
     None,
@@ -129,6 +130,7 @@ def default_output(workdir: str, dataset: str, config: evaluate.EvalConfig) -> s
 def main(argv: list[str]) -> None:
     """absl main (`python -m ...`): runs for the parsed FLAGS (one line, not a traceback, for a stopping error)."""
     quiet_orbax_logs()
+    processes.start(FLAGS)  # before anything touches a device
     exit_on_stopping_errors(execute, argv)
 
 
