@@ -208,6 +208,27 @@ def check_same_on_all_processes(tree: Any, what: str) -> None:
         )
 
 
+def process_part(num: int, batch_size: int) -> np.ndarray:
+    """This process's share of `num` items dealt in whole batches: indices [part] with part = the same number of
+    batches for every process, contiguous, in order; the last ones repeat item num - 1 (padding, dropped by
+    `gather_parts`). With one process: arange(num). The batches are those a single process would run."""
+    if not is_multiprocess():
+        return np.arange(num)
+    batches = -(-num // (batch_size * jax.process_count()))
+    part = batches * batch_size
+    return np.arange(jax.process_index() * part, (jax.process_index() + 1) * part).clip(max=num - 1)
+
+
+def gather_parts(arrays: dict[str, np.ndarray], num: int) -> dict[str, np.ndarray]:
+    """Every process's `process_part` results ({name: [part, ...]}) in item order, the padding dropped: [num,
+    ...] on every process (one collective). Identity with one process."""
+    if not is_multiprocess():
+        return arrays
+    # Through the devices: float64 travels as float32, exact for results computed in float32 (as evaluation's).
+    gathered = multihost_utils.process_allgather(arrays, tiled=True)
+    return {name: np.asarray(value, arrays[name].dtype)[:num] for name, value in gathered.items()}
+
+
 def sync(name: str) -> None:
     """Waits until every process reaches this point (`name` must be the same on all). Nothing with one process."""
     if is_multiprocess():

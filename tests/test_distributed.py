@@ -148,7 +148,7 @@ def assert_same_training(got: dict, want: dict) -> None:
         np.testing.assert_allclose(a, b, rtol=0, atol=RELATIVE_TOLERANCE[group] * scale, err_msg=name)
 
 
-def test_two_processes_train_like_one_stop_together_when_one_is_killed_and_resume(tmp_path, data_dir):
+def test_two_processes_train_like_one_stop_together_when_one_is_killed_resume_and_evaluate(tmp_path, data_dir):
     logs = tmp_path / "logs"
     logs.mkdir()
     reference = tmp_path / "one_process"
@@ -195,6 +195,25 @@ def test_two_processes_train_like_one_stop_together_when_one_is_killed_and_resum
     assert [r["step"] for r in records if "train/loss" in r] == [2, 4, 6]
     assert "step 6/6" in first_log and "step 6/6" not in second_log
     assert (workdir / workdir_files.EMA_PARAMS_DIRNAME).is_dir()
+
+    # Evaluation: each process runs its share of the images; process 0 writes the same JSON as one process.
+    results = {}
+    for count in (1, 2):
+        results[count] = tmp_path / f"eval_{count}.json"
+        flags = [
+            f"--workdir={workdir}",
+            f"--output={results[count]}",
+            "--num_importance_samples=4",
+            "--num_examples=10",
+            "--batch_size=2",
+            "--ais_num_chains=16",
+            "--ais_num_betas=20",
+            "--progress=false",
+        ]
+        with processes("pvpp.experiments.evaluate", flags, num_processes=count, devices=4, logs=logs) as ps:
+            finish(ps, 300)
+    assert results[1].read_text() == results[2].read_text()
+    assert sorted(p.name for p in tmp_path.glob("eval_2.*")) == ["eval_2.json", "eval_2.npz"]
 
 
 def test_each_process_reads_its_part_of_the_same_global_batch():

@@ -18,7 +18,7 @@ import time
 
 from absl import app, flags, logging
 
-from pvpp import evaluate
+from pvpp import distributed, evaluate
 from pvpp.experiments import inference_common, processes
 from pvpp.experiments.errors import exit_on_stopping_errors, quiet_orbax_logs
 from pvpp.priors import AISConfig
@@ -158,6 +158,8 @@ def execute(argv: list[str]) -> dict:
         )
     except ValueError as err:  # data that does not fit the settings (e.g. --num_examples beyond the split)
         raise app.UsageError(str(err)) from err
+    if not distributed.is_primary():
+        return result.summary  # every process has the results; process 0 writes them
     json_path, arrays_path = evaluate.write_results(output, result.summary, result.per_image)
     seconds = time.perf_counter() - start
     headline = result.summary["headline"]
