@@ -27,8 +27,8 @@ step is tried. Such a step is moved aside to `<step>.unreadable` (never deleted)
 so that training can write that step number again.
 
 Inference: `export_params(path, params, config)` writes parameters (typically the EMA ones) and the model
-config (a JSON-able dict) to an orbax checkpoint directory; `load_params(path)` reads them back without a
-template.
+config (a JSON-able dict) to an orbax checkpoint directory; `load_params(path)` reads them back. Several
+processes: see `pvpp.distributed` (checkpoints are saved once by all, exports by process 0 alone).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from pvpp import integrity
+from pvpp import distributed, integrity
 from pvpp.integrity import CorruptCheckpointError, path_key  # noqa: F401 -- the error is part of this API
 from pvpp.validation import check_int
 
@@ -127,7 +127,7 @@ class CheckpointManager:
         self._manager.reload()
 
     def save(self, step: int, state: PyTree) -> None:
-        """Starts saving `state` as the checkpoint of `step` (asynchronous unless async_save=False).
+        """Starts saving `state` as the checkpoint of `step` (in the background when async_save=True).
 
         Args:
           step: int >= 0, larger than every step already saved in the directory.
@@ -152,7 +152,7 @@ class CheckpointManager:
         # force=True: the caller decides when to save; orbax's interval policy is not consulted.
         args = ocp.args.Composite(
             **{
-                _STATE: ocp.args.StandardSave(_savable(state)),
+                _STATE: ocp.args.StandardSave(distributed.to_replicated(_savable(state))),
                 _INTEGRITY: ocp.args.JsonSave(integrity.record(state)),
             }
         )
@@ -266,33 +266,30 @@ class CheckpointManager:
         if stored is None:
             raise FileNotFoundError(f"step {step} has no readable metadata for item {_STATE!r}")
         _check_against_metadata(template, stored, f"checkpoint step {step} in {self._directory}")
-        target = jax.tree.map(_restore_target, template)
+        target = distributed.replicated_targets(jax.tree.map(_restore_target, template))
         where = f"checkpoint step {step} in {self._directory}"
         items = {_STATE: ocp.args.StandardRestore(target)}
         has_record = (self._directory / str(step) / _INTEGRITY).exists()
         if has_record:
             items[_INTEGRITY] = ocp.args.JsonRestore()
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-        state = jax.tree.map(_like_template, restored[_STATE], template)
+        state = jax.tree.map(_like_template, distributed.from_replicated(restored[_STATE]), template)
         integrity.verify(state, restored[_INTEGRITY] if has_record else None, where)
         return state
 
     def _move_aside_unreadable_steps(self) -> None:
-        """Renames the step directories found unreadable by `restore_latest` to `<step>.unreadable[.n]`."""
-        present = set(self._manager.all_steps())
-        moved = False
-        for step in sorted(self._unreadable_steps & present):
-            source = self._directory / str(step)
-            target = self._directory / f"{step}{_UNREADABLE_SUFFIX}"
-            n = 1
-            while target.exists():
-                target = self._directory / f"{step}{_UNREADABLE_SUFFIX}.{n}"
-                n += 1
-            source.rename(target)
-            logging.warning("Moved the unreadable checkpoint of step %d aside to %s.", step, target)
-            moved = True
+        """Renames the step directories found unreadable by `restore_latest` to `<step>.unreadable[.n]` (process
+        0 renames; every process found the same steps and waits for it)."""
+        steps = sorted(self._unreadable_steps & set(self._manager.all_steps()))
         self._unreadable_steps.clear()
-        if moved:
+        for step in steps if distributed.is_primary() else ():
+            target, n = self._directory / f"{step}{_UNREADABLE_SUFFIX}", 1
+            while target.exists():
+                target, n = self._directory / f"{step}{_UNREADABLE_SUFFIX}.{n}", n + 1
+            (self._directory / str(step)).rename(target)
+            logging.warning("Moved the unreadable checkpoint of step %d aside to %s.", step, target)
+        if steps:
+            distributed.sync("pvpp_checkpoint_moved_aside")
             self._manager.reload()
 
     def _check_writable(self) -> None:
@@ -325,12 +322,13 @@ def export_params(path, params: PyTree, config: Mapping[str, Any], *, overwrite:
     leaves = jax.tree.leaves(params)
     if not leaves or not all(isinstance(x, (jax.Array, np.ndarray)) for x in leaves):
         raise TypeError("params must be a non-empty pytree whose leaves are jax or numpy arrays")
+    params = jax.device_get(params) if distributed.is_multiprocess() else params  # orbax: numpy from one process
     items = {
         _PARAMS: ocp.args.StandardSave(params),
         _CONFIG: ocp.args.JsonSave(dict(config)),
         _INTEGRITY: ocp.args.JsonSave(integrity.record(params)),
     }
-    with ocp.Checkpointer(_params_handler()) as checkpointer:
+    with _params_checkpointer() as checkpointer:
         checkpointer.save(path, args=ocp.args.Composite(**items), force=overwrite)
 
 
@@ -368,7 +366,7 @@ def load_params(path, template: PyTree | None = None) -> tuple[PyTree, dict[str,
 
 def _read_export(path: epath.Path, template: PyTree | None, has_record: bool) -> dict[str, Any]:
     """The items of an export directory as orbax restores them (no verification)."""
-    with ocp.Checkpointer(_params_handler()) as checkpointer:
+    with _params_checkpointer() as checkpointer:
         stored = checkpointer.metadata(path).item_metadata[_PARAMS]
         if template is None:
             device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -420,14 +418,14 @@ def _step_handlers() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
     return registry
 
 
-def _params_handler() -> ocp.CompositeCheckpointHandler:
-    return ocp.CompositeCheckpointHandler(
-        **{
-            _PARAMS: ocp.StandardCheckpointHandler(),
-            _CONFIG: ocp.JsonCheckpointHandler(),
-            _INTEGRITY: ocp.JsonCheckpointHandler(),
-        }
-    )
+def _params_checkpointer() -> ocp.Checkpointer:
+    """Exports are written by process 0 alone and read by each process on its own: no barrier with the others."""
+    me = jax.process_index() if distributed.is_multiprocess() else None
+    mp = {} if me is None else {"multiprocessing_options": ocp.options.MultiprocessingOptions(me, {me})}
+    handlers = {_PARAMS: ocp.StandardCheckpointHandler(**mp)}
+    handlers.update({name: ocp.JsonCheckpointHandler(**mp) for name in (_CONFIG, _INTEGRITY)})
+    options = {} if me is None else {"composite_options": ocp.CompositeOptions(**mp)}
+    return ocp.Checkpointer(ocp.CompositeCheckpointHandler(**options, **handlers), **mp)
 
 
 def _absolute(directory) -> epath.Path:

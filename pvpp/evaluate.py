@@ -53,7 +53,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from pvpp import data, keys, objectives
+from pvpp import data, distributed, keys, objectives
 from pvpp.likelihoods import make_likelihood
 from pvpp.model import ModelConfig, PixelVAEPP, to_model_space
 from pvpp.priors import AISConfig, make_prior
@@ -260,9 +260,12 @@ def importance_weighted_pass(
     k = 1 bound averaged over the k samples, + log Z; 'reconstruction' = E_q[-log p(x | z)];
     'kl_unnormalized' = E_q[log q(z | x) - log p~(z)] = KL - log Z. For priors other than the RBM log Z = 0.
     Images run `batch_size` at a time through one compiled program (the last batch is padded by repeating its
-    last image, and the padding is dropped); image i's samples use fold_in(key, example_indices[i]).
+    last image, and the padding is dropped); image i's samples use fold_in(key, example_indices[i]). With
+    several processes each runs its own whole batches (`distributed.process_part`) and all get every result.
     """
     _check_images(model_config, images, example_indices)
+    total, part = images.shape[0], distributed.process_part(images.shape[0], batch_size)
+    images, example_indices = images[part], example_indices[part]
     num = images.shape[0]
     variables = {"params": params}
     config = model_config.replace(dropout_rate=0.0)  # no dropout at evaluation (train=False also skips it)
@@ -288,7 +291,7 @@ def importance_weighted_pass(
     finally:
         bar.close()
     merged = {name: np.concatenate([np.asarray(r[name], np.float64) for r in results])[:num] for name in PER_IMAGE}
-    return merged
+    return distributed.gather_parts(merged, total)
 
 
 def per_image_arrays(

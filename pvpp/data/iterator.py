@@ -18,6 +18,12 @@ Output (a dict of numpy arrays):
 The last partial batch of an epoch: remainder="drop" (default, for training) leaves it out; "pad" fills it up
 to the batch size with zero images whose mask is False (for evaluation with a fixed batch shape); "keep"
 yields it smaller.
+
+Several processes (`process_slice=(index, count)`): every process draws the same global batch (the same
+permutation, the same position) and keeps its own contiguous part, rows [index * B / count, (index + 1) * B /
+count) (with `num_devices` the global device count: the devices index * D / count, ...). Process i's devices
+then hold exactly what devices of a single process would hold at the same global positions, and the saved
+position (global) restores on any process count that divides the batch.
 """
 
 from collections.abc import Mapping
@@ -47,6 +53,7 @@ class BatchIterator:
         remainder: str = "drop",
         num_epochs: int | None = None,
         dtype: type = np.uint8,
+        process_slice: tuple[int, int] = (0, 1),
     ):
         """Args:
         images: uint8 [N, H, W, C].
@@ -59,6 +66,9 @@ class BatchIterator:
         remainder: "drop", "pad" or "keep" (see the module docstring).
         num_epochs: stop after this many epochs (None: never stop).
         dtype: np.uint8 or np.float32, the dtype of "image".
+        process_slice: (this process's index, the process count): yield only this process's part of every
+            batch, [B / count, ...] or [num_devices / count, B / num_devices, ...]; num_devices (the global
+            count) and batch_size must be multiples of the process count.
         """
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.ndim != 4:
@@ -78,11 +88,14 @@ class BatchIterator:
             raise ValueError(f"remainder must be one of {REMAINDERS}, got {remainder!r}")
         if np.dtype(dtype) not in (np.dtype(np.uint8), np.dtype(np.float32)):
             raise TypeError(f"dtype must be np.uint8 or np.float32, got {dtype}")
+        process, processes = _check_process_slice(process_slice, batch_size, num_devices)
         last = count % batch_size
-        if remainder == "keep" and num_devices is not None and last % num_devices:
+        parts = num_devices or processes  # the last batch is split into this many equal parts
+        if remainder == "keep" and last % parts:
             raise ValueError(
                 f"remainder='keep': the last batch holds {last} images ({count} % {batch_size}), "
-                f"not a multiple of num_devices {num_devices}; use remainder='pad' or 'drop'"
+                f"not a multiple of {'num_devices' if num_devices else 'the process count'} {parts}; use "
+                "remainder='pad' or 'drop'"
             )
         self._num_batches = count // batch_size if remainder == "drop" else -(-count // batch_size)
         if self._num_batches == 0:
@@ -96,12 +109,18 @@ class BatchIterator:
         self._remainder = remainder
         self._num_epochs = num_epochs
         self._dtype = np.dtype(dtype)
+        self._process, self._processes = process, processes
         self._seed, self._epoch, self._batch_index = int(seed), 0, 0
         self._order_epoch, self._order = None, None
 
     @property
     def num_batches_per_epoch(self) -> int:
         return self._num_batches
+
+    @property
+    def process_slice(self) -> tuple[int, int]:
+        """(this process's index, the process count) of the batches' parts (see the module docstring)."""
+        return self._process, self._processes
 
     def get_state(self) -> dict[str, np.ndarray]:
         """The position {"seed", "epoch", "batch_index"} as int64 numpy scalars (a pytree orbax stores)."""
@@ -135,19 +154,27 @@ class BatchIterator:
         order = self._epoch_order()
         start = self._batch_index * self._batch_size
         ids = order[start : start + self._batch_size]
+        full = len(ids) == self._batch_size
+        if full and self._processes > 1:  # a full batch: read only this process's part of it
+            part = self._batch_size // self._processes
+            ids = ids[self._process * part : (self._process + 1) * part]
         images = self._images[ids]
         if self._dynamic:
             images = binarize.binarize_dynamically(images, ids, seed=self._seed, epoch=self._epoch)
         batch = {"image": images.astype(self._dtype, copy=False), "mask": np.ones(len(ids), bool)}
         if self._labels is not None:
             batch["label"] = self._labels[ids]
-        if self._remainder == "pad" and len(ids) < self._batch_size:
+        if self._remainder == "pad" and not full:
             batch = {
                 key: _pad(value, self._batch_size) for key, value in batch.items()
             }  # padding: zeros, mask False
+        if not full and self._processes > 1:  # a padded or kept last batch: this process's part of it
+            part = len(batch["mask"]) // self._processes
+            batch = {key: value[self._process * part : (self._process + 1) * part] for key, value in batch.items()}
         if self._num_devices is not None:
             batch = {
-                key: value.reshape(self._num_devices, -1, *value.shape[1:]) for key, value in batch.items()
+                key: value.reshape(self._num_devices // self._processes, -1, *value.shape[1:])
+                for key, value in batch.items()
             }
         self._batch_index += 1
         if self._batch_index == self._num_batches:
@@ -182,6 +209,19 @@ def batch_iterator(data, batch_size: int, *, seed: int, **kwargs) -> BatchIterat
         dynamic_binarization=data.binarization == "dynamic",
         **kwargs,
     )
+
+
+def _check_process_slice(process_slice, batch_size: int, num_devices: int | None) -> tuple[int, int]:
+    """(index, count) of `process_slice`, checked; ValueError naming what does not divide."""
+    if not isinstance(process_slice, tuple) or len(process_slice) != 2:
+        raise TypeError(f"process_slice must be a tuple (index, count), got {process_slice!r}")
+    index, count = check_int(process_slice[0], "process index", 0), check_int(process_slice[1], "process count", 1)
+    if index >= count:
+        raise ValueError(f"process index {index} must be below the process count {count}")
+    for name, value in (("batch_size", batch_size), ("num_devices", num_devices)):
+        if value is not None and value % count:
+            raise ValueError(f"{name} {value} is not a multiple of the {count} processes")
+    return index, count
 
 
 def _pad(value: np.ndarray, size: int) -> np.ndarray:

@@ -24,6 +24,7 @@ import jax
 from absl import app, flags
 
 from pvpp import data
+from pvpp.experiments import processes
 from pvpp.experiments.errors import exit_on_stopping_errors, quiet_orbax_logs
 from pvpp.model import PRIORS, ModelConfig
 from pvpp.optim import OptimConfig
@@ -74,8 +75,13 @@ def main(argv: Sequence[str], *, model_defaults: ModelConfig) -> None:
             f"unexpected positional arguments: {' '.join(argv[1:])} (only --flags are accepted)"
         )
     quiet_orbax_logs()
+    processes.start(FLAGS)  # before anything touches a device
+    exit_on_stopping_errors(_train, model_defaults)
+
+
+def _train(model_defaults: ModelConfig) -> None:
     model_config, train_config, data_config, workdir = configs_from_flags(FLAGS, model_defaults)
-    exit_on_stopping_errors(train_and_evaluate, model_config, train_config, data_config, workdir)
+    train_and_evaluate(model_config, train_config, data_config, workdir)
 
 
 def define_flags(
@@ -96,6 +102,7 @@ def define_flags(
     negative_ais, log_z_ais = train["negative_ais"], train["log_z_ais"]
     model = dataclasses.asdict(model_defaults)
     fv = dict(flag_values=flag_values)
+    processes.define_flags(flag_values)
 
     # Run and data.
     flags.DEFINE_string(
@@ -156,7 +163,7 @@ def define_flags(
         "num_epochs", None, "train for this many epochs instead of --num_steps", lower_bound=1, **fv
     )
     flags.DEFINE_integer(
-        "num_devices", None, "devices to use (default: all local devices)", lower_bound=1, **fv
+        "num_devices", None, "devices to use, over all processes (default: all)", lower_bound=1, **fv
     )
     flags.DEFINE_integer("seed", train["seed"], "root of every random stream", lower_bound=0, **fv)
     flags.DEFINE_integer(
@@ -284,13 +291,16 @@ def configs_from_flags(
     if f.num_epochs is not None and f["num_steps"].present:
         raise app.UsageError("--num_steps and --num_epochs are exclusive: give one")
     if f.num_devices is not None:
-        available = jax.local_device_count()
+        available, count = jax.device_count(), jax.process_count()  # devices of every process
+        where = "local devices" if count == 1 else f"devices of the {count} processes"
         if f.num_devices > available:
             raise app.UsageError(
-                f"--num_devices={f.num_devices} exceeds the {available} local devices; pass --num_devices="
+                f"--num_devices={f.num_devices} exceeds the {available} {where}; pass --num_devices="
                 f"{available} (the batch is global, so the update is the same), or on a CPU set "
-                f"XLA_FLAGS=--xla_force_host_platform_device_count={f.num_devices}"
+                f"XLA_FLAGS=--xla_force_host_platform_device_count={f.num_devices // count}"
             )
+        if f.num_devices % count:
+            raise app.UsageError(f"--num_devices={f.num_devices} is not divisible by the {count} processes")
     if f.num_devices is not None and f.batch_size % f.num_devices:
         raise app.UsageError(f"--batch_size={f.batch_size} is not divisible by --num_devices={f.num_devices}")
     model_values = {name: f[name].value for name in _MODEL_FLAGS}
@@ -332,12 +342,11 @@ def configs_from_flags(
         )
     except ValueError as err:
         raise app.UsageError(f"training flags: {err}") from err
-    if train_config.num_devices is None and train_config.batch_size % jax.local_device_count():
+    if train_config.num_devices is None and train_config.batch_size % jax.device_count():
         raise app.UsageError(
-            f"--batch_size={f.batch_size} is not divisible by the {jax.local_device_count()} local devices "
-            "(set --num_devices)"
+            f"--batch_size={f.batch_size} is not divisible by the {jax.device_count()} devices (set --num_devices)"
         )
-    num_devices = train_config.num_devices or jax.local_device_count()
+    num_devices = train_config.num_devices or jax.device_count()
     if f.eval_batch_size is not None and f.eval_batch_size % num_devices:
         raise app.UsageError(
             f"--eval_batch_size={f.eval_batch_size} is not divisible by the {num_devices} devices"

@@ -1,6 +1,11 @@
 """The errors that end a command with one line instead of a traceback: problems of the input, the files or the
 machine (a busy or foreign workdir, damaged checkpoints, a full disk, missing or corrupt data, a diverging run),
-not bugs of pvpp. Every entry point runs its work through `exit_on_stopping_errors`."""
+not bugs of pvpp. Every entry point runs its work through `exit_on_stopping_errors`.
+
+In a multi-process run (`pvpp.distributed`) a process that stops, on any error, says so naming itself and
+exits at once (`os._exit`), without jax's shutdown barrier: otherwise it would wait there, still sending
+heartbeats, while the others wait for it in a collective. Its silence then stops the others within the heartbeat
+timeout (at once when it is process 0)."""
 
 from __future__ import annotations
 
@@ -8,12 +13,13 @@ import logging as std_logging
 import os
 import sys
 import threading
+import traceback
 import warnings
 from typing import Any, Callable
 
-from absl import logging
+from absl import app, logging
 
-from pvpp import checkpoint
+from pvpp import checkpoint, distributed
 from pvpp.data.raw import DataFileError
 from pvpp.workdir import WorkdirBusyError, WorkdirConflictError
 
@@ -51,10 +57,29 @@ def exit_on_stopping_errors(work: Callable[..., Any], *args, **kwargs) -> Any:
         # their never-awaited coroutines would each warn).
         warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
         logging.error("%s: %s", type(err).__name__, err)
-        sys.exit(f"pvpp: {type(err).__name__}: {err}")
+        _exit(f"{type(err).__name__}: {err}")
+    except BaseException as err:
+        if not distributed.is_multiprocess() or (isinstance(err, SystemExit) and not err.code):
+            raise
+        if not isinstance(err, app.UsageError):  # a usage error is its message; anything else a bug to trace
+            traceback.print_exc()
+        _exit(f"{type(err).__name__}: {err}")
     threading.excepthook, sys.unraisablehook = previous_hook, previous_unraisable
     asyncio_logger.setLevel(previous_level)
     return result
+
+
+def _exit(message: str) -> None:
+    """Ends the process with status 1 and `message` as the last line; with several processes, at once (see the
+    module docstring), naming this process."""
+    if not distributed.is_multiprocess():
+        sys.exit(f"pvpp: {message}")
+    where = distributed.describe_process()
+    logging.error("%s stops: %s", where, message)
+    sys.stdout.flush()
+    sys.stderr.write(f"pvpp: {where}: {message}\n")
+    sys.stderr.flush()
+    os._exit(1)
 
 
 def _log_thread_failure(args: threading.ExceptHookArgs) -> None:

@@ -18,8 +18,8 @@ import time
 
 from absl import app, flags, logging
 
-from pvpp import evaluate
-from pvpp.experiments import inference_common
+from pvpp import distributed, evaluate
+from pvpp.experiments import inference_common, processes
 from pvpp.experiments.errors import exit_on_stopping_errors, quiet_orbax_logs
 from pvpp.priors import AISConfig
 
@@ -27,6 +27,7 @@ FLAGS = flags.FlagValues()
 _DEFAULTS = evaluate.EvalConfig()
 
 inference_common.define_source_flags(FLAGS)
+processes.define_flags(FLAGS)
 flags.DEFINE_string(
     "output",
     None,
@@ -129,6 +130,7 @@ def default_output(workdir: str, dataset: str, config: evaluate.EvalConfig) -> s
 def main(argv: list[str]) -> None:
     """absl main (`python -m ...`): runs for the parsed FLAGS (one line, not a traceback, for a stopping error)."""
     quiet_orbax_logs()
+    processes.start(FLAGS)  # before anything touches a device
     exit_on_stopping_errors(execute, argv)
 
 
@@ -156,6 +158,8 @@ def execute(argv: list[str]) -> dict:
         )
     except ValueError as err:  # data that does not fit the settings (e.g. --num_examples beyond the split)
         raise app.UsageError(str(err)) from err
+    if not distributed.is_primary():
+        return result.summary  # every process has the results; process 0 writes them
     json_path, arrays_path = evaluate.write_results(output, result.summary, result.per_image)
     seconds = time.perf_counter() - start
     headline = result.summary["headline"]

@@ -24,8 +24,8 @@ import time
 import jax
 from absl import app, flags, logging
 
-from pvpp import data, evaluate, sample
-from pvpp.experiments import inference_common
+from pvpp import data, distributed, evaluate, sample
+from pvpp.experiments import inference_common, processes
 from pvpp.experiments.errors import exit_on_stopping_errors, quiet_orbax_logs
 from pvpp.model import to_model_space
 from pvpp.priors import make_prior
@@ -34,6 +34,7 @@ FLAGS = flags.FlagValues()
 _DEFAULTS = sample.SampleConfig()
 
 inference_common.define_source_flags(FLAGS)
+processes.define_flags(FLAGS)
 flags.DEFINE_string("output_dir", None, "Where the figures go; default <workdir>/samples.", flag_values=FLAGS)
 flags.DEFINE_integer("num_latents", _DEFAULTS.num_latents, "Prior latents (rows).", flag_values=FLAGS)
 flags.DEFINE_integer(
@@ -82,6 +83,7 @@ def sample_config_from_flags(flag_values: flags.FlagValues = FLAGS) -> sample.Sa
 def main(argv: list[str]) -> None:
     """absl main (`python -m ...`): runs for the parsed FLAGS (one line, not a traceback, for a stopping error)."""
     quiet_orbax_logs()
+    processes.start(FLAGS)  # before anything touches a device
     exit_on_stopping_errors(execute, argv)
 
 
@@ -122,6 +124,8 @@ def execute(argv: list[str]) -> dict[str, str]:
         reconstructions = sample.reconstruct(
             model_config, params, to_model_space(model_config, inputs), root, config
         )
+    if not distributed.is_primary():
+        return {}  # every process computed the same figures; process 0 writes them
     extra = {} if indices is None else {"reconstruction_example_indices": indices}
     paths = sample.save_figures(
         output_dir,

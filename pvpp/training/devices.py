@@ -1,5 +1,9 @@
-"""Arrays across the devices of a run: the pmap layout, replication, reading replicated scalars, and a thread
-that draws batches and copies them to the devices ahead of the step."""
+"""Arrays across the devices of a run: which devices (`run_devices`), the pmap layout, replication, reading
+replicated scalars, and a thread that draws batches and copies them to the devices ahead of the step.
+
+With several processes the pmapped step runs over the devices of all processes (`pvpp.distributed`), while every
+array here is local: each process replicates the state on, and copies its part of each batch to, its own
+devices, and pmap joins them into one step."""
 
 from __future__ import annotations
 
@@ -12,9 +16,36 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from pvpp import distributed
 from pvpp.training.step import AXIS
 
 _PREFETCH = 2  # batches drawn and copied to the devices ahead of the step
+
+
+def run_devices(num_devices: int | None) -> tuple[tuple[jax.Device, ...], tuple[jax.Device, ...]]:
+    """(the devices of the step, this process's share of them) for `num_devices` devices over all processes
+    (None: every local device of every process). ValueError when the processes cannot share them equally.
+
+    One process: the first `num_devices` local devices, twice. Several: the first num_devices / P local devices
+    of each of the P processes, process by process (`distributed.global_devices`), and this process's ones.
+    """
+    processes, local = jax.process_count(), jax.local_devices()
+    num_devices = num_devices or len(local) * processes
+    if num_devices % processes:
+        raise ValueError(f"num_devices {num_devices} is not a multiple of the {processes} processes")
+    per_process = num_devices // processes
+    if per_process > len(local):
+        problem = f"exceeds the {len(local)} local devices" if processes == 1 else (
+            f"needs {per_process} devices on each of the {processes} processes; process {jax.process_index()} "
+            f"has {len(local)}"
+        )
+        raise ValueError(
+            f"num_devices {num_devices} {problem} (on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count="
+            f"{per_process} gives that many)"
+        )
+    if processes == 1:
+        return tuple(local[:num_devices]), tuple(local[:num_devices])
+    return distributed.global_devices(per_process), tuple(local[:per_process])
 
 
 def device_sharding(devices: Sequence[jax.Device]) -> NamedSharding:

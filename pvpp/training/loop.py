@@ -10,12 +10,18 @@ and since a checkpoint of step N is written only after step N was checked, no ba
 Logging, evaluation and checkpoints fire on their periods and on the final step. The files it writes are
 described in `pvpp.workdir`.
 
+Several processes (`pvpp.distributed`): every process runs this loop over its own devices and its own part of
+each global batch; the step's collectives make every process hold the same state and take the same decisions
+(the NaN check included). Process 0 alone holds the workdir's lock and writes config.json, the metrics, the
+progress lines and the export; every process takes part in saving and restoring the checkpoints.
+
 Metrics names. 'train/kl' is the relaxed KL for normalised priors; for the RBM it lacks log Z (unknown during
 the step) and is logged as 'train/kl_minus_log_z'. The training loss is a surrogate, never a likelihood.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -28,14 +34,21 @@ import numpy as np
 import optax
 from absl import logging
 
-from pvpp import checkpoint, data, workdir as workdir_files
+from pvpp import checkpoint, data, distributed, workdir as workdir_files
 from pvpp.metrics import MetricsWriter, ProgressLogger
 from pvpp.model import ModelConfig, PixelVAEPP
 from pvpp.optim import ema_params
 from pvpp.training import grids, periodic_eval
 from pvpp.training.compiled import step_functions
 from pvpp.training.config import DataConfig, TrainConfig
-from pvpp.training.devices import Prefetcher, device_sharding, first_copy_scalars, replicate, unreplicate
+from pvpp.training.devices import (
+    Prefetcher,
+    device_sharding,
+    first_copy_scalars,
+    replicate,
+    run_devices,
+    unreplicate,
+)
 from pvpp.training.state import TrainState
 
 
@@ -73,10 +86,14 @@ def run_training(
     device). Raises FloatingPointError when a step produces a non-finite loss, gradient or parameter (nothing
     after the last good checkpoint is saved).
     """
-    devices = _check_run(model_config, train_config, train_data, eval_data, workdir)
+    devices, local_devices = _check_run(model_config, train_config, train_data, eval_data, workdir)
     num_devices = len(devices)
     train_iter = data.batch_iterator(
-        train_data, train_config.batch_size, seed=train_config.seed, num_devices=num_devices
+        train_data,
+        train_config.batch_size,
+        seed=train_config.seed,
+        num_devices=num_devices,
+        process_slice=(jax.process_index(), jax.process_count()),  # this process's part of each batch
     )
     num_steps = train_config.num_steps or train_config.num_epochs * train_iter.num_batches_per_epoch
     run_description = {
@@ -89,28 +106,43 @@ def run_training(
     }
     workdir_files.check_resumable(workdir, run_description)
 
-    # -- validation passed: from here on the workdir is written, by this process only.
-    with workdir_files.lock(workdir):
+    # -- validation passed: from here on the workdir is written, by this process only (process 0 of several).
+    with workdir_files.lock(workdir) if distributed.is_primary() else contextlib.nullcontext():
         return _train(
-            model_config, train_config, train_data, eval_data, workdir, run_description, devices, train_iter
+            model_config,
+            train_config,
+            train_data,
+            eval_data,
+            workdir,
+            run_description,
+            (devices, local_devices),
+            train_iter,
         )
 
 
 def _train(model_config, train_config, train_data, eval_data, workdir, run_description, devices, train_iter):
-    """`run_training` after validation, holding the workdir's lock."""
+    """`run_training` after validation, holding the workdir's lock. devices: (the step's, this process's)."""
+    devices, local_devices = devices
     num_devices = len(devices)
     num_steps = run_description["num_steps"]
     model = PixelVAEPP(model_config)
-    workdir_files.write_config(workdir, run_description)
+    primary = distributed.is_primary()
+    if primary:
+        workdir_files.write_config(workdir, run_description)
     fns = step_functions(model_config, train_config, tuple(devices))
-    mesh_sharding = device_sharding(devices)
+    mesh_sharding = device_sharding(local_devices)
     init_images = next(
         data.batch_iterator(
             train_data, train_config.init_batch_size or train_config.batch_size, seed=train_config.seed
         )
     )["image"]
     root_key = jax.random.key(train_config.seed)
-    eval_batches = periodic_eval.eval_batches(eval_data, train_config, num_devices, mesh_sharding)
+    eval_batches = periodic_eval.eval_batches(
+        eval_data, train_config, num_devices, mesh_sharding, process_slice=train_iter.process_slice
+    )
+    distributed.check_same_on_all_processes(
+        (train_data.images, eval_data.images, init_images), "the training or evaluation data"
+    )
 
     # Asynchronous saves: the `finally` below closes the manager, so the last save completes.
     manager = checkpoint.CheckpointManager(
@@ -120,13 +152,14 @@ def _train(model_config, train_config, train_data, eval_data, workdir, run_descr
     )
     writer = prefetcher = None
     try:
-        template = workdir_files.checkpoint_template(model_config, train_config, devices[0])
+        template = workdir_files.checkpoint_template(model_config, train_config, local_devices[0])
         state, last_saved = workdir_files.restore_or_init(
             manager, template, fns.init, root_key, init_images, train_iter
         )
         step = start_step = int(state.step)
+        distributed.check_same_on_all_processes(state, f"the training state at step {step}")
         # What a killed run logged after this step is removed, so that no step appears twice.
-        writer = MetricsWriter(workdir, start_step=start_step)
+        writer = MetricsWriter(workdir, start_step=start_step) if primary else None
         logging.info(
             "Training %s (prior %s, %.2f M parameters) on %s: steps %d -> %d, batch %d on %d device(s).",
             model_config.image_shape,
@@ -184,7 +217,7 @@ def _train(model_config, train_config, train_data, eval_data, workdir, run_descr
                 continue
             check(pending)
             pending = None
-            if do_log:
+            if do_log and primary:
                 means = _rename_train_metrics(model, period.pop())
                 writer.write(step, {f"train/{k}": v for k, v in means.items()})
                 shown = {k: means[k] for k in ("loss", "reconstruction") if k in means}
@@ -194,18 +227,19 @@ def _train(model_config, train_config, train_data, eval_data, workdir, run_descr
                 progress(step, shown)
             if do_eval:
                 results = periodic_eval.evaluate(fns, state, step, eval_batches, model)
-                writer.write(step, results)
-                if train_config.eval_grids:
-                    ema = unreplicate(ema_params(state.opt_state))
-                    first_images = np.asarray(eval_batches[0][0]).reshape((-1,) + model_config.image_shape)
-                    writer.write_images(
-                        step,
-                        grids.evaluation_grids(
-                            model_config, ema, first_images, root_key, step, train_config.eval_grids
-                        ),
-                    )
                 log_z = results.get("log_partition")
-                logging.info("eval step %d: %s", step, _format(results))
+                if primary:
+                    writer.write(step, results)
+                    logging.info("eval step %d: %s", step, _format(results))
+                    if train_config.eval_grids:  # this process's first evaluation images, its EMA copy
+                        first_images = np.asarray(eval_batches[0][0]).reshape((-1,) + model_config.image_shape)
+                        ema = unreplicate(ema_params(state.opt_state))
+                        writer.write_images(
+                            step,
+                            grids.evaluation_grids(
+                                model_config, ema, first_images, root_key, step, train_config.eval_grids
+                            ),
+                        )
                 # Rates of the next progress line: training steps only, not the evaluation.
                 progress = ProgressLogger(num_steps, train_config.batch_size, start_step=step)
             if do_save:
@@ -215,13 +249,8 @@ def _train(model_config, train_config, train_data, eval_data, workdir, run_descr
             check(pending)
         final = unreplicate(state)
         manager.wait_until_finished()
-        if start_step == num_steps and workdir_files.export_is_intact(workdir, num_steps):
-            logging.info(
-                "The run had already finished at step %d; its intact export is left as it is.", num_steps
-            )
-        else:
-            path = workdir_files.export_ema(workdir, model_config, final)
-            logging.info("Done: step %d; EMA parameters in %s.", int(final.step), path)
+        if primary:
+            _export(workdir, model_config, final, finished_before=start_step == num_steps)
         return final
     finally:
         if prefetcher is not None:
@@ -229,6 +258,16 @@ def _train(model_config, train_config, train_data, eval_data, workdir, run_descr
         _close(manager, failing=sys.exc_info()[1] is not None)  # waits for a save in flight
         if writer is not None:
             writer.close()
+
+
+def _export(workdir, model_config: ModelConfig, final: TrainState, *, finished_before: bool) -> None:
+    """Writes the EMA export, unless the run had finished before this call and its export is intact."""
+    step = int(final.step)
+    if finished_before and workdir_files.export_is_intact(workdir, step):
+        logging.info("The run had already finished at step %d; its intact export is left as it is.", step)
+    else:
+        path = workdir_files.export_ema(workdir, model_config, final)
+        logging.info("Done: step %d; EMA parameters in %s.", step, path)
 
 
 def _close(manager: checkpoint.CheckpointManager, *, failing: bool) -> None:
@@ -242,19 +281,14 @@ def _close(manager: checkpoint.CheckpointManager, *, failing: bool) -> None:
         logging.warning("%s", err)
 
 
-def _check_run(model_config, train_config, train_data, eval_data, workdir) -> list:
-    """Validates the arguments of `run_training`; returns the devices to use."""
+def _check_run(model_config, train_config, train_data, eval_data, workdir) -> tuple[tuple, tuple]:
+    """Validates the arguments of `run_training`; returns the devices of the step and this process's ones."""
     if not isinstance(model_config, ModelConfig):
         raise TypeError(f"model_config must be a ModelConfig, got {type(model_config).__name__}")
     if not isinstance(train_config, TrainConfig):
         raise TypeError(f"train_config must be a TrainConfig, got {type(train_config).__name__}")
-    available = jax.local_devices()
-    num_devices = train_config.num_devices or len(available)
-    if num_devices > len(available):
-        raise ValueError(
-            f"num_devices {num_devices} exceeds the {len(available)} local devices (on a CPU, "
-            f"XLA_FLAGS=--xla_force_host_platform_device_count={num_devices} gives that many)"
-        )
+    devices, local_devices = run_devices(train_config.num_devices)
+    num_devices = len(devices)
     if train_config.batch_size % num_devices:
         raise ValueError(
             f"batch_size {train_config.batch_size} is not a multiple of the {num_devices} devices"
@@ -276,7 +310,7 @@ def _check_run(model_config, train_config, train_data, eval_data, workdir) -> li
         )
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ValueError(f"workdir {workdir} exists and is not a directory")
-    return available[:num_devices]
+    return devices, local_devices
 
 
 def _rename_train_metrics(model: PixelVAEPP, means: dict[str, float]) -> dict[str, float]:

@@ -65,8 +65,11 @@ def evaluate(
     return results
 
 
-def eval_batches(eval_data, config: TrainConfig, num_devices: int, sharding) -> list:
-    """The fixed evaluation subset as device batches (images, mask), binarized once with a fixed seed."""
+def eval_batches(eval_data, config: TrainConfig, num_devices: int, sharding, *, process_slice=(0, 1)) -> list:
+    """The fixed evaluation subset as device batches (images, mask), binarized once with a fixed seed.
+
+    num_devices: over all processes; process_slice: (this process's index, the process count), whose part of
+    each batch goes to the local devices of `sharding`."""
     count = min(config.eval_examples, len(eval_data))
     subset = dataclasses.replace(
         eval_data,
@@ -83,6 +86,7 @@ def eval_batches(eval_data, config: TrainConfig, num_devices: int, sharding) -> 
         num_epochs=1,
         remainder="pad",
         num_devices=num_devices,
+        process_slice=process_slice,
     )
     return [(jax.device_put(b["image"], sharding), jax.device_put(b["mask"], sharding)) for b in iterator]
 

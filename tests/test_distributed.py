@@ -1,0 +1,247 @@
+"""Several processes (`jax.distributed`) on this machine: CPU processes with gloo collectives and a coordinator on
+127.0.0.1, launched as the README says, on free local ports, always killed at the end.
+
+The property: 2 processes x 4 devices make the training of 1 process x 8 devices at the same global batch (each
+process reads its part of every batch, the step's collectives span both), write the workdir's files once, stop
+together when one is killed, and resume from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from pvpp import checkpoint, distributed, metrics, workdir as workdir_files
+from pvpp.data import BatchIterator
+from pvpp.model import ModelConfig
+from pvpp.training.config import TrainConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HEARTBEAT = 5  # seconds: how soon the survivor of a kill must stop
+NUM_STEPS = 6
+TRAIN_FLAGS = [
+    "--flagfile=experiments/caltech101_cpu.flags",
+    f"--num_steps={NUM_STEPS}",
+    "--checkpoint_every=2",
+    "--keep_checkpoints=5",
+    "--log_every=2",
+    f"--eval_every={NUM_STEPS}",
+    "--eval_examples=32",
+    "--eval_batch_size=32",
+    "--ais_chains=8",
+    "--ais_betas=10",
+]
+# Summing the gradients of 8 devices, gloo (across processes) and XLA's in-process all-reduce add them in
+# another order: the states then differ by float32 rounding, which Adam's moments amplify where gradients
+# cancel. Measured over 20 steps: parameters within 5e-5 and the EMA within 1e-5 of their largest value per
+# array, Adam's moments within 5e-3; the chains, step, key and data position are bitwise equal.
+RELATIVE_TOLERANCE = {"params": 1e-3, "ema": 1e-3, "moments": 2e-2}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def processes(module: str, flags: list[str], *, num_processes: int, devices: int, logs):
+    """Starts `python -m module` as `num_processes` processes with `devices` CPU devices each; yields the Popen
+    list; kills whatever still runs on the way out. logs: a folder for their output."""
+    port, started = free_port(), []
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+        JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
+    )
+    try:
+        for index in range(num_processes):
+            extra = []
+            if num_processes > 1:
+                extra = [
+                    f"--coordinator_address=127.0.0.1:{port}",
+                    f"--num_processes={num_processes}",
+                    f"--process_id={index}",
+                    f"--heartbeat_timeout={HEARTBEAT}",
+                ]
+            log = open(os.path.join(logs, f"{module.rsplit('.', 1)[1]}_{port}_{index}.log"), "w+")
+            started.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", module, *flags, *extra],
+                    cwd=REPO,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+            started[-1].log = log
+        yield started
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            process.log.close()
+
+
+def output(process) -> str:
+    process.log.flush()
+    process.log.seek(0)
+    return process.log.read()
+
+
+def finish(started, timeout: float) -> list[str]:
+    """Waits for every process; their outputs. Fails naming the process that failed or did not end."""
+    deadline = time.monotonic() + timeout
+    for index, process in enumerate(started):
+        try:
+            process.wait(timeout=max(deadline - time.monotonic(), 1))
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"process {index} did not end within {timeout} s:\n{output(process)[-3000:]}")
+        assert process.returncode == 0, f"process {index} failed:\n{output(process)[-3000:]}"
+    return [output(process) for process in started]
+
+
+def train(workdir, data_dir, num_processes: int, devices: int, logs, timeout: float = 300) -> list[str]:
+    flags = [*TRAIN_FLAGS, f"--workdir={workdir}", f"--data_dir={data_dir}"]
+    with processes("pvpp.experiments.caltech101", flags, num_processes=num_processes, devices=devices, logs=logs) as ps:
+        return finish(ps, timeout)
+
+
+def latest_state(workdir) -> tuple[list[int], int, dict]:
+    """(the steps in checkpoints/, the latest step, its state with typed keys as key data)."""
+    run = workdir_files.read_config(workdir)
+    template = workdir_files.checkpoint_template(
+        ModelConfig.from_dict(run["model"]), TrainConfig.from_dict(run["train"]), jax.local_devices()[0]
+    )
+    with checkpoint.CheckpointManager(os.path.join(workdir, "checkpoints"), read_only=True) as manager:
+        steps = manager.all_steps()
+        step, saved = manager.restore_latest(template)
+    saved["train_state"] = saved["train_state"].replace(key=jax.random.key_data(saved["train_state"].key))
+    return steps, step, saved
+
+
+def assert_same_training(got: dict, want: dict) -> None:
+    """Integer leaves (step, chains' bits, key, data position) bitwise; floats within RELATIVE_TOLERANCE of the
+    largest magnitude of each array."""
+    got_leaves = jax.tree_util.tree_flatten_with_path(got)[0]
+    want_leaves = jax.tree_util.tree_flatten_with_path(want)[0]
+    assert [p for p, _ in got_leaves] == [p for p, _ in want_leaves]
+    for (path, a), (_, b) in zip(got_leaves, want_leaves):
+        name, a, b = jax.tree_util.keystr(path), np.asarray(a), np.asarray(b)
+        if "chains" in name or not np.issubdtype(b.dtype, np.floating):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+            continue
+        group = "ema" if "ema_params" in name else "moments" if ".mu" in name or ".nu" in name else "params"
+        scale = max(float(np.max(np.abs(b))), 1e-6) if b.size else 1.0
+        np.testing.assert_allclose(a, b, rtol=0, atol=RELATIVE_TOLERANCE[group] * scale, err_msg=name)
+
+
+def test_two_processes_train_like_one_stop_together_when_one_is_killed_resume_and_evaluate(tmp_path, data_dir):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    reference = tmp_path / "one_process"
+    train(reference, data_dir, 1, 8, logs)
+
+    # Two processes; process 1 is killed once the first checkpoint is there.
+    workdir = tmp_path / "two_processes"
+    flags = [*TRAIN_FLAGS, f"--workdir={workdir}", f"--data_dir={data_dir}"]
+    with processes("pvpp.experiments.caltech101", flags, num_processes=2, devices=4, logs=logs) as (first, second):
+        deadline = time.monotonic() + 300
+        checkpoints = workdir / "checkpoints"
+        while not (checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+            assert first.poll() is None and second.poll() is None, output(first)[-3000:] + output(second)[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.05)
+        second.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        try:
+            first.wait(timeout=HEARTBEAT + 30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"process 0 still runs {HEARTBEAT + 30} s after process 1 was killed")
+        stopped_after = time.monotonic() - killed_at
+        survivor = output(first)
+    print(f"process 0 stopped {stopped_after:.1f} s after process 1 was killed (heartbeat timeout {HEARTBEAT} s)")
+    steps_at_kill = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+    assert steps_at_kill[-1] < NUM_STEPS, "the run ended before process 1 was killed: lengthen it"
+    assert first.returncode != 0
+    assert stopped_after < HEARTBEAT + 30
+    # The coordination service names the task that stopped sending heartbeats.
+    assert "stopped sending heartbeats" in survivor and "\n1\n" in survivor, survivor[-3000:]
+
+    # The same command on both processes resumes from the last checkpoint and ends like one process.
+    first_log, second_log = train(workdir, data_dir, 2, 4, logs)
+    assert f"Resumed from the checkpoint of step {steps_at_kill[-1]}" in first_log
+    steps, step, got = latest_state(workdir)
+    want_steps, _, want = latest_state(reference)
+    assert step == NUM_STEPS and steps == want_steps == [2, 4, 6]
+    assert_same_training(got, want)
+
+    # Written once, by process 0: config.json, one metrics record per logged step, the progress lines, the export.
+    assert sorted(os.listdir(checkpoints)) == ["2", "4", "6"]
+    assert workdir_files.read_config(workdir)["num_devices"] == 8
+    records = metrics.read_metrics(workdir / metrics.METRICS_FILENAME)
+    assert [r["step"] for r in records if "train/loss" in r] == [2, 4, 6]
+    assert "step 6/6" in first_log and "step 6/6" not in second_log
+    assert (workdir / workdir_files.EMA_PARAMS_DIRNAME).is_dir()
+
+    # Evaluation: each process runs its share of the images; process 0 writes the same JSON as one process.
+    results = {}
+    for count in (1, 2):
+        results[count] = tmp_path / f"eval_{count}.json"
+        flags = [
+            f"--workdir={workdir}",
+            f"--output={results[count]}",
+            "--num_importance_samples=4",
+            "--num_examples=10",
+            "--batch_size=2",
+            "--ais_num_chains=16",
+            "--ais_num_betas=20",
+            "--progress=false",
+        ]
+        with processes("pvpp.experiments.evaluate", flags, num_processes=count, devices=4, logs=logs) as ps:
+            finish(ps, 300)
+    assert results[1].read_text() == results[2].read_text()
+    assert sorted(p.name for p in tmp_path.glob("eval_2.*")) == ["eval_2.json", "eval_2.npz"]
+
+
+def test_each_process_reads_its_part_of_the_same_global_batch():
+    images = np.random.default_rng(0).integers(0, 256, (70, 4, 4, 1), dtype=np.uint8)
+    for remainder, count in (("drop", 70), ("pad", 70), ("keep", 66)):
+        settings = dict(seed=1, labels=np.arange(count), remainder=remainder, num_epochs=2, dynamic_binarization=True)
+        if remainder != "keep":
+            settings["num_devices"] = 8
+        whole = BatchIterator(images[:count], 16, **settings)
+        parts = [BatchIterator(images[:count], 16, process_slice=(i, 2), **settings) for i in range(2)]
+        for batch in whole:
+            pieces = [next(part) for part in parts]
+            for key, value in batch.items():
+                np.testing.assert_array_equal(np.concatenate([p[key] for p in pieces]), value, err_msg=key)
+        # The position is global: a part restores another count's state.
+        parts[0].set_state(whole.get_state())
+
+
+def test_distributed_config_validates_and_is_off_by_default():
+    assert not distributed.DistributedConfig().enabled
+    assert distributed.DistributedConfig(auto=True).enabled
+    with pytest.raises(ValueError, match="go together"):
+        distributed.DistributedConfig(coordinator_address="127.0.0.1:1234")
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        distributed.DistributedConfig(coordinator_address="localhost", num_processes=2, process_id=0)
+    with pytest.raises(ValueError, match="process_id must be below"):
+        distributed.DistributedConfig(coordinator_address="h:1", num_processes=2, process_id=2)
+    # One process: nothing to join, every helper answers for it.
+    assert distributed.is_primary() and not distributed.is_multiprocess()
+    tree = {"a": jax.numpy.ones(3)}
+    assert distributed.to_replicated(tree) is tree and distributed.from_replicated(tree) is tree
