@@ -107,6 +107,32 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+def flag_file_configs(name: str, num_devices: int):
+    """(ModelConfig, TrainConfig) of configuration `name` of CONFIGS, read from its flag file (plus its added
+    flags) by the entry points' own flags -> configs function, the global batch split over `num_devices`."""
+    # Function-level imports: this module's top stays free of jax and of pvpp (see `_worker`).
+    from absl import flags
+
+    from pvpp.experiments import common
+
+    module_name, flag_file, extra_flags = CONFIGS[name]
+    module = __import__(module_name, fromlist=["DATASETS"])
+    flag_values = flags.FlagValues()
+    common.define_flags(module.DATASETS, module.MODEL_DEFAULTS, flag_values)
+    flag_values(
+        [
+            name,
+            f"--flagfile={os.path.join(_ROOT, flag_file)}",
+            "--workdir=/nonexistent-bench",
+            f"--num_devices={num_devices}",
+            "--data_dir=" + _ROOT,
+            *extra_flags,
+        ]
+    )
+    model_config, train_config, _, _ = common.configs_from_flags(flag_values, module.MODEL_DEFAULTS)
+    return model_config, train_config
+
+
 def _worker(num_devices: int, names: list[str], steps: int, quick: bool) -> dict:
     """Runs in a subprocess: set the CPU device count before jax starts, measure the matmul peak, then time each
     configuration. Returns {'num_devices', 'machine', 'peak', 'runs'}."""
@@ -116,33 +142,18 @@ def _worker(num_devices: int, names: list[str], steps: int, quick: bool) -> dict
 
     jax.config.update("jax_num_cpu_devices", num_devices)
     import numpy as np
-    from absl import flags
 
     from pvpp import train
     from pvpp.bench.common import log, machine_info, measured
     from pvpp.bench.flops import achieved
     from pvpp.bench.peak import matmul_peak
-    from pvpp.experiments import common
     from pvpp.model import count_params
 
     peak = matmul_peak(quick=quick)
     runs = []
     for name in names:
-        module_name, flag_file, extra_flags = CONFIGS[name]
-        module = __import__(module_name, fromlist=["DATASETS"])
-        flag_values = flags.FlagValues()
-        common.define_flags(module.DATASETS, module.MODEL_DEFAULTS, flag_values)
-        flag_values(
-            [
-                name,
-                f"--flagfile={os.path.join(_ROOT, flag_file)}",
-                "--workdir=/nonexistent-bench",
-                f"--num_devices={num_devices}",
-                "--data_dir=" + _ROOT,
-                *extra_flags,
-            ]
-        )
-        model_config, train_config, _, _ = common.configs_from_flags(flag_values, module.MODEL_DEFAULTS)
+        flag_file = CONFIGS[name][1]
+        model_config, train_config = flag_file_configs(name, num_devices)
         devices = tuple(jax.local_devices()[:num_devices])
         fns = train.step_functions(model_config, train_config, devices)
         sharding = train.device_sharding(devices)
