@@ -94,7 +94,10 @@ def main(argv: list[str] | None = None) -> dict:
             f"--configs={','.join(names)}",
             f"--steps={steps}",
         ] + (["--quick"] if args.quick else [])
-        done = subprocess.run(command, cwd=_ROOT, stdout=subprocess.PIPE, check=True, text=True)
+        # On a GPU the calling process (e.g. pvpp.bench.suite) may already hold jax's preallocated 75% of the
+        # memory: the worker allocates as it goes instead (unless the caller chose otherwise).
+        env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", **os.environ}
+        done = subprocess.run(command, cwd=_ROOT, env=env, stdout=subprocess.PIPE, check=True, text=True)
         workers.append(json.loads(done.stdout.strip().splitlines()[-1]))
     result = {
         "benchmark": "pvpp.bench.train",
