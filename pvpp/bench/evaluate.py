@@ -4,13 +4,18 @@
         [--chunk_size C] [--target_samples 1000] [--ais_betas 1000]
 
 Model: the paper's MNIST PixelVAE++ (28x28x1, decoder nr_resnet 3, 64 filters, downsampling, Bernoulli; 400 z1
-latents, RBM 200 + 200), freshly initialised (data-dependent init): the cost of the pass does not depend on the
-parameter values. One compiled batch (`evaluate.importance_weighted_pass` on B images, K samples each, C decoded
+latents, RBM 200 + 200), with random weights of the right shapes (`bench.common.random_variables`): the cost of
+the pass does not depend on the parameter values. One compiled batch (`evaluate.importance_weighted_pass` on B images, K samples each, C decoded
 at a time) is timed after its compilation. The cost is one down path per image plus K up paths, so it is linear
 in K for K >> 1: the JSON gives the measured seconds per image at K and the extrapolation to
 --target_samples (the paper's k = 1000), to the Caltech-101 Silhouettes test set (2307 images) and the MNIST
 test set (10000). AIS (1000 chains, 1 sweep per temperature) is timed at --ais_betas temperatures and
 extrapolated linearly to the evaluation's 10000. Extrapolated figures are marked so.
+
+Each timed figure carries the `measured` record of its timed part (wall and process CPU seconds, 1-minute load
+before and after); the document carries the matmul peak measured first in the same process (`pvpp.bench.peak`).
+The IWAE pass runs its samples in a loop, whose FLOPs XLA's cost analysis counts once, so no fraction of the peak
+is given for it.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from pvpp import evaluate
-from pvpp.bench.common import log, machine_info, timed, write_result
+from pvpp.bench.common import log, machine_info, measured, random_variables, timed, write_result
+from pvpp.bench.peak import matmul_peak
 from pvpp.model import PixelVAEPP, mnist_config, rbm_params
 from pvpp.priors import ais
 
@@ -36,23 +42,43 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default=None, help="JSON file to write (default: stdout)")
     parser.add_argument("--quick", action="store_true", help="a tiny model and small K, for a smoke run")
-    parser.add_argument("--num_samples", type=int, default=None, help="K measured (default 100; quick 10)")
+    parser.add_argument("--num_samples", type=int, default=None, help="K measured (default 100; quick 4)")
     parser.add_argument("--batch_size", type=int, default=4, help="images per compiled batch")
-    parser.add_argument("--chunk_size", type=int, default=None, help="samples decoded at once (default min(K, 100))")
+    parser.add_argument(
+        "--chunk_size", type=int, default=None, help="samples decoded at once (default min(K, 100))"
+    )
     parser.add_argument("--target_samples", type=int, default=1000, help="K to extrapolate to")
-    parser.add_argument("--ais_betas", type=int, default=1000, help="AIS temperatures timed")
+    parser.add_argument(
+        "--ais_betas", type=int, default=None, help="AIS temperatures timed (default 1000; quick 20)"
+    )
     args = parser.parse_args(argv)
-    num_samples = args.num_samples or (10 if args.quick else 100)
+    num_samples = args.num_samples or (4 if args.quick else 100)
+    ais_betas = args.ais_betas or (20 if args.quick else 1000)
     chunk_size = args.chunk_size or min(num_samples, 100)
     if num_samples % chunk_size:
         parser.error(f"--chunk_size ({chunk_size}) must divide --num_samples ({num_samples})")
     if args.quick:
-        config = mnist_config(nr_resnet=1, nr_filters=8, num_concat_latents=16, rbm_num_left=8, encoder_filters=8)
+        config = mnist_config(
+            image_shape=(8, 8, 1),
+            nr_resnet=1,
+            nr_filters=4,
+            num_concat_latents=8,
+            rbm_num_left=4,
+            encoder_filters=4,
+            latent_map_channels=2,
+        )
     else:
         config = mnist_config()
     config = config.replace(dropout_rate=0.0)
-    run = _run(config, args.batch_size, num_samples, chunk_size, args.target_samples, args.ais_betas, args.quick)
-    result = {"benchmark": "pvpp.bench.evaluate", "machine": machine_info(), "quick": args.quick, "run": run}
+    peak = matmul_peak(quick=args.quick)
+    run = _run(config, args.batch_size, num_samples, chunk_size, args.target_samples, ais_betas, args.quick)
+    result = {
+        "benchmark": "pvpp.bench.evaluate",
+        "machine": machine_info(),
+        "peak": peak,
+        "quick": args.quick,
+        "run": run,
+    }
     write_result(result, args.output)
     if args.output:
         log(f"wrote {args.output}")
@@ -64,21 +90,27 @@ def _run(config, batch_size, num_samples, chunk_size, target_samples, ais_betas,
     rng = np.random.default_rng(0)
     images = (rng.uniform(size=(batch_size,) + config.image_shape) < 0.3).astype(np.uint8)
     x = jnp.asarray(images, jnp.float32) * 2.0 - 1.0
-    params, init_seconds = timed(lambda: jax.jit(lambda x: model.init(jax.random.key(0), x, jax.random.key(1)))(x))
-    params = params["params"]
+    # Random weights of the right shapes (the pass's cost does not depend on their values): no init to compile.
+    params = random_variables(lambda x: model.init(jax.random.key(0), x, jax.random.key(1)), x)["params"]
     num_params = int(sum(p.size for p in jax.tree.leaves(params)))
     indices = np.arange(batch_size)
 
     def iwae_pass(seed):
         return evaluate.importance_weighted_pass(
-            config, params, images, indices, jax.random.key(seed), num_samples=num_samples, chunk_size=chunk_size,
+            config,
+            params,
+            images,
+            indices,
+            jax.random.key(seed),
+            num_samples=num_samples,
+            chunk_size=chunk_size,
             batch_size=batch_size,
         )
 
     first, compile_seconds = timed(lambda: iwae_pass(0))  # compilation + one run
     if not np.all(np.isfinite(first["log_likelihood_unnormalized"])):
         raise RuntimeError("the IWAE pass produced non-finite values")
-    times = [timed(lambda: iwae_pass(seed))[1] for seed in (1, 2)]
+    times, iwae_record = measured(lambda: [timed(lambda: iwae_pass(seed))[1] for seed in (1, 2)])
     batch_seconds = float(min(times))
     per_image = batch_seconds / batch_size
     per_image_target = per_image * target_samples / num_samples
@@ -87,11 +119,14 @@ def _run(config, batch_size, num_samples, chunk_size, target_samples, ais_betas,
     ais_chains = 100 if quick else EVAL_AIS_CHAINS
 
     def run_ais(seed):
-        result = ais.ais_log_partition(prior, jax.random.key(seed), num_chains=ais_chains, num_betas=ais_betas)
+        result = ais.ais_log_partition(
+            prior, jax.random.key(seed), num_chains=ais_chains, num_betas=ais_betas
+        )
         return result.log_partition
 
     _, ais_compile_seconds = timed(lambda: run_ais(0))
-    ais_seconds = timed(lambda: run_ais(1))[1]
+    _, ais_record = measured(lambda: run_ais(1))
+    ais_seconds = ais_record["wall_seconds"]
     ais_eval_seconds = ais_seconds * (EVAL_AIS_BETAS - 1) / (ais_betas - 1)
 
     run = {
@@ -100,9 +135,9 @@ def _run(config, batch_size, num_samples, chunk_size, target_samples, ais_betas,
         "batch_size": batch_size,
         "num_samples": num_samples,
         "chunk_size": chunk_size,
-        "init_seconds": init_seconds,
         "compile_seconds_including_first_run": compile_seconds,
         "batch_seconds": batch_seconds,
+        "measurement": iwae_record,
         "seconds_per_image": per_image,
         "decoder_up_passes_per_second": batch_size * num_samples / batch_seconds,
         "target_samples": target_samples,
@@ -116,6 +151,7 @@ def _run(config, batch_size, num_samples, chunk_size, target_samples, ais_betas,
             "num_betas_timed": ais_betas,
             "compile_seconds_including_first_run": ais_compile_seconds,
             "seconds": ais_seconds,
+            "measurement": ais_record,
             "seconds_at_10000_betas": ais_eval_seconds,
             "extrapolated": ais_betas != EVAL_AIS_BETAS,
         },

@@ -4,13 +4,14 @@
 
 (a) Gibbs: chain-sweeps per second at 1000 chains for 200+200 and 896+896 units, for `rbm.advance_chains`
     and for a plain NumPy implementation of the same sweep in the same process, with the sweep's matmul FLOPs
-    (4 C nL nR per sweep) per second as a fraction of this machine's measured float32 matmul peak
-    (the best of a 2048^3 matmul in JAX and in NumPy), and the time of the sweep's two matmuls alone.
+    (4 C nL nR per sweep) per second as a fraction of the float32 matmul peak measured first in the same process
+    (`pvpp.bench.peak`), and the time of the sweep's two matmuls alone.
 (b) AIS: error against exact log Z and wall time at the training setting (1000 temperatures) and the
     evaluation setting (10x: 10000 temperatures), 500 chains, on RBMs small enough to enumerate (20 + 200
     random, and a planted 16 + 100 RBM with six modes). Times exclude compilation (each run compiles first).
 
-Writes one JSON document (to --output, or stdout) and prints a readable summary to stderr.
+Each timed figure carries the `measured` record of its timed part (wall and process CPU seconds, 1-minute load
+before and after). Writes one JSON document (to --output, or stdout) and prints a readable summary to stderr.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pvpp.bench.common import machine_info, write_result
+from pvpp.bench.common import machine_info, measured, write_result
+from pvpp.bench.peak import fraction_of_peak, matmul_peak
 from pvpp.priors import ais, rbm
 
 _NUM_CHAINS = 1000
@@ -35,21 +37,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
     args = parser.parse_args(argv)
 
-    peak = _matmul_peak(1024 if args.quick else 2048)
-    _log(f"float32 matmul peak: {peak['gflops']:.1f} GFLOP/s ({peak['source']}, n={peak['n']})")
+    peak = matmul_peak(quick=args.quick)
     sizes = [(64, 64)] if args.quick else [(200, 200), (896, 896)]
-    gibbs = [_gibbs_throughput(left, right, peak["gflops"], args.quick) for left, right in sizes]
+    gibbs = [_gibbs_throughput(left, right, peak, args.quick) for left, right in sizes]
     ais_runs = []
     for name, params in _ais_rbms(args.quick):
-        exact, exact_seconds = _timed(lambda: float(_exact64(params)))
+        exact, exact_record = measured(lambda: float(_exact64(params)))
         for setting, num_betas in (("training", 1000), ("evaluation", 10000)):
             num_betas = 100 if args.quick else num_betas
-            ais_runs.append(_ais_run(name, params, exact, exact_seconds, setting, num_betas))
+            ais_runs.append(_ais_run(name, params, exact, exact_record, setting, num_betas))
 
     result = {
         "benchmark": "pvpp.bench.rbm",
         "machine": machine_info(),
-        "matmul_peak": peak,
+        "peak": peak,
         "gibbs": gibbs,
         "ais": ais_runs,
     }
@@ -61,10 +62,10 @@ def main(argv: list[str] | None = None) -> dict:
 # (a) Gibbs throughput
 
 
-def _gibbs_throughput(num_left: int, num_right: int, peak_gflops: float, quick: bool) -> dict:
+def _gibbs_throughput(num_left: int, num_right: int, peak: dict, quick: bool) -> dict:
     params = _random_params(0, num_left, num_right, 0.1)
     flops_per_sweep = 4.0 * _NUM_CHAINS * num_left * num_right  # two [C, nL] x [nL, nR]-sized matmuls
-    target_seconds = 0.3 if quick else 2.0
+    target_seconds = 0.05 if quick else 2.0
 
     # JAX: compile once (num_sweeps is traced), calibrate the sweep count, then time.
     state = rbm.init_chains(params, jax.random.key(0), _NUM_CHAINS)
@@ -75,7 +76,7 @@ def _gibbs_throughput(num_left: int, num_right: int, peak_gflops: float, quick: 
     advance(1, 2)
     probe = _time_best(lambda: advance(2, 5), 1) / 5
     num_sweeps = max(5, int(target_seconds / probe))
-    seconds = _time_best(lambda: advance(3, num_sweeps), 2)
+    seconds, jax_record = measured(lambda: _time_best(lambda: advance(3, num_sweeps), 2))
     jax_rate = _NUM_CHAINS * num_sweeps / seconds
 
     # The sweep's two matmuls alone (same shapes and dtype), to separate matmul time from sampling time.
@@ -83,9 +84,17 @@ def _gibbs_throughput(num_left: int, num_right: int, peak_gflops: float, quick: 
     matmuls = jax.jit(lambda zl, zr, w: (zl @ w, zr @ w.T))
     jax.block_until_ready(matmuls(z_left, z_right, params.weights))
     reps = max(3, num_sweeps // 2)
-    matmul_seconds = _time_best(
-        lambda: [jax.block_until_ready(matmuls(z_left, z_right, params.weights)) for _ in range(reps)], 2
-    ) / reps
+    matmul_seconds, matmul_record = measured(
+        lambda: (
+            _time_best(
+                lambda: [
+                    jax.block_until_ready(matmuls(z_left, z_right, params.weights)) for _ in range(reps)
+                ],
+                2,
+            )
+            / reps
+        )
+    )
 
     # Plain NumPy, the same sweep: zR ~ Bern(sigmoid(b + zL W)), zL ~ Bern(sigmoid(a + zR W^T)).
     a, b, w = (np.asarray(v) for v in params)
@@ -93,8 +102,12 @@ def _gibbs_throughput(num_left: int, num_right: int, peak_gflops: float, quick: 
     z_np = np.asarray(state.z_left)
     numpy_probe = _time_best(lambda: _numpy_sweeps(a, b, w, z_np, rng, 2), 1) / 2
     numpy_sweeps = max(2, int(target_seconds / 2 / numpy_probe))
-    numpy_seconds = _time_best(lambda: _numpy_sweeps(a, b, w, z_np, rng, numpy_sweeps), 2)
+    numpy_seconds, numpy_record = measured(
+        lambda: _time_best(lambda: _numpy_sweeps(a, b, w, z_np, rng, numpy_sweeps), 2)
+    )
     numpy_rate = _NUM_CHAINS * numpy_sweeps / numpy_seconds
+    jax_gflops = flops_per_sweep * num_sweeps / seconds / 1e9
+    numpy_gflops = flops_per_sweep * numpy_sweeps / numpy_seconds / 1e9
 
     row = {
         "num_left": num_left,
@@ -102,20 +115,24 @@ def _gibbs_throughput(num_left: int, num_right: int, peak_gflops: float, quick: 
         "num_chains": _NUM_CHAINS,
         "jax_chain_sweeps_per_second": jax_rate,
         "jax_seconds_per_sweep": seconds / num_sweeps,
-        "jax_gflops": flops_per_sweep * num_sweeps / seconds / 1e9,
-        "jax_fraction_of_matmul_peak": flops_per_sweep * num_sweeps / seconds / 1e9 / peak_gflops,
+        "jax_gflops": jax_gflops,
+        "jax_fraction_of_peak": fraction_of_peak(jax_gflops, peak),
+        "jax_measurement": jax_record,
         "matmuls_only_seconds_per_sweep": matmul_seconds,
+        "matmuls_only_measurement": matmul_record,
         "numpy_chain_sweeps_per_second": numpy_rate,
-        "numpy_fraction_of_matmul_peak": flops_per_sweep * numpy_sweeps / numpy_seconds / 1e9 / peak_gflops,
+        "numpy_gflops": numpy_gflops,
+        "numpy_fraction_of_peak": fraction_of_peak(numpy_gflops, peak),
+        "numpy_measurement": numpy_record,
         "jax_speedup_over_numpy": jax_rate / numpy_rate,
         "timed_sweeps": {"jax": num_sweeps, "numpy": numpy_sweeps},
     }
     _log(
         f"Gibbs {num_left}+{num_right}, {_NUM_CHAINS} chains: JAX {jax_rate:,.0f} chain-sweeps/s "
-        f"({row['jax_fraction_of_matmul_peak']:.0%} of matmul peak; "
+        f"({row['jax_fraction_of_peak']:.0%} of matmul peak; "
         f"matmuls alone {matmul_seconds * 1e3:.2f} ms "
         f"of {seconds / num_sweeps * 1e3:.2f} ms per sweep), NumPy {numpy_rate:,.0f} chain-sweeps/s "
-        f"({row['numpy_fraction_of_matmul_peak']:.0%}); JAX / NumPy = {row['jax_speedup_over_numpy']:.2f}"
+        f"({row['numpy_fraction_of_peak']:.0%}); JAX / NumPy = {row['jax_speedup_over_numpy']:.2f}"
     )
     return row
 
@@ -130,26 +147,6 @@ def _numpy_sweeps(a, b, w, z_left, rng, num_sweeps):
 def _numpy_bernoulli(rng, logits):
     probabilities = 1.0 / (1.0 + np.exp(-logits))
     return (rng.random(logits.shape, dtype=np.float32) < probabilities).astype(np.float32)
-
-
-def _matmul_peak(n: int) -> dict:
-    """Best float32 GFLOP/s of an n x n x n matmul, in JAX (jit) and in NumPy (BLAS)."""
-    x = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    y = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    product = jax.jit(jnp.matmul)
-    jax.block_until_ready(product(x, y))
-    jax_seconds = _time_best(lambda: jax.block_until_ready(product(x, y)), 5)
-    x_np, y_np = np.asarray(x), np.asarray(y)
-    numpy_seconds = _time_best(lambda: x_np @ y_np, 5)
-    flops = 2.0 * n**3
-    jax_gflops, numpy_gflops = flops / jax_seconds / 1e9, flops / numpy_seconds / 1e9
-    return {
-        "n": n,
-        "gflops": max(jax_gflops, numpy_gflops),
-        "source": "jax" if jax_gflops >= numpy_gflops else "numpy",
-        "jax_gflops": jax_gflops,
-        "numpy_gflops": numpy_gflops,
-    }
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -174,13 +171,15 @@ def _ais_rbms(quick: bool):
     ]
 
 
-def _ais_run(name, params, exact, exact_seconds, setting, num_betas) -> dict:
+def _ais_run(name, params, exact, exact_record, setting, num_betas) -> dict:
+    exact_seconds = exact_record["wall_seconds"]
     num_chains = 500
     run = lambda key: jax.block_until_ready(
         ais.ais_log_partition(params, key, num_chains=num_chains, num_betas=num_betas)
     )
     run(jax.random.key(0))  # compile
-    result, seconds = _timed(lambda: run(jax.random.key(1)))
+    result, record = measured(lambda: run(jax.random.key(1)))
+    seconds = record["wall_seconds"]
     row = {
         "rbm": name,
         "setting": setting,
@@ -191,11 +190,13 @@ def _ais_run(name, params, exact, exact_seconds, setting, num_betas) -> dict:
         "schedule": "linear",
         "exact_log_partition": exact,
         "exact_seconds_float64": exact_seconds,
+        "exact_measurement": exact_record,
         "ais_log_partition": float(result.log_partition),
         "error_nats": float(result.log_partition) - exact,
         "interval": [float(result.log_partition_lower), float(result.log_partition_upper)],
         "effective_sample_size": float(result.effective_sample_size),
         "seconds": seconds,
+        "measurement": record,
     }
     _log(
         f"AIS {name}, {setting} ({num_betas} temperatures, {num_chains} chains): "

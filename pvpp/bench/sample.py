@@ -14,7 +14,9 @@ it is timed over the first N pixels (N from `--naive-pixels`, default 64) and it
 as (time for N pixels) * H * W / N: every pixel costs one identical decoder pass, so the cost is linear in N (the
 JSON marks it `"extrapolated": true`). The cached sampler always samples the whole image. Each round times
 naive then cached (odd rounds: cached first); the figures are medians over rounds, the ratio is of medians.
-Every timing records the wall and process CPU seconds and the 1-minute load average before and after it.
+Every timing records the wall and process CPU seconds and the 1-minute load average before and after it; the
+document carries the matmul peak measured first in the same process (`pvpp.bench.peak`). The samplers loop over
+pixels, whose FLOPs XLA's cost analysis counts once, so no fraction of the peak is given for them.
 
 Check on every run: the first N pixels of the cached images equal the naive sampler's (the whole images with
 `--full`), bit for bit.
@@ -31,6 +33,7 @@ import numpy as np
 
 from pvpp import sample
 from pvpp.bench.common import log, machine_info, measured, random_variables, write_result
+from pvpp.bench.peak import matmul_peak
 from pvpp.model import ModelConfig, PixelVAEPP, cifar10_config, mnist_config
 
 CONFIGS = {
@@ -79,6 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.rounds < 1:
         parser.error(f"--rounds must be >= 1, got {args.rounds}")
     full = args.full or args.quick
+    peak = matmul_peak(quick=args.quick)
     runs = [
         _run(name, config, batch, args.rounds, None if full else args.naive_pixels)
         for name, (config, batch) in configs.items()
@@ -86,6 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "benchmark": "pvpp.bench.sample",
         "machine": machine_info(),
+        "peak": peak,
         "rounds": args.rounds,
         "runs": runs,
         "load_average_1min_at_end": os.getloadavg()[0],

@@ -1,15 +1,20 @@
 """Benchmark of the training step: throughput (images/s) of the pmapped train step on 1 and on N CPU devices.
 
-    python -m pvpp.bench.train [--output train.json] [--devices 1,8] [--steps 5] [--configs NAME,...]
+    python -m pvpp.bench.train [--output train.json] [--devices 1,8] [--steps 5] [--configs NAME,...] [--quick]
 
 Configurations are read from flag files (experiments/*.flags), through the same flags -> configs function the
 entry points use: the CPU flag files and the paper's MNIST experiment (experiments/mnist_dynamic.flags). The
 step is `pvpp.train`'s: relaxed ELBO, PCD chains, Adam + EMA, `lax.pmean` over devices, the state donated; the
 global batch of the flag file is split over the devices. Data are random binary images of the right shape (the
 data pipeline is not timed). Each device count runs in its own subprocess, because the number of CPU devices
-is fixed when jax starts (`jax_num_cpu_devices`). Per configuration: compile time (the first step), then
-`--steps` steps timed the way the training loop runs them (step N + 1 dispatched before step N's metrics are
-read).
+is fixed when jax starts (`jax_num_cpu_devices`). Per configuration: compile time (lowering + compilation of
+the step, ahead of time), one step, then `--steps` steps timed the way the training loop runs them (step N + 1
+dispatched before step N's metrics are read).
+
+Each worker measures, in its own process: the matmul peak (`pvpp.bench.peak`), and per configuration the
+`measured` record of the timed steps (wall and process CPU seconds, 1-minute load before and after), the step's
+FLOPs from XLA's cost analysis (per device, times the device count) and the achieved GFLOP/s as a fraction of
+that peak. `--quick`: the `mnist_tiny` configuration (mnist_cpu.flags shrunk), 1 device, 2 steps.
 """
 
 from __future__ import annotations
@@ -21,39 +26,65 @@ import subprocess
 import sys
 import time
 
-#: name -> (entry-point module, flag file relative to the repository root).
+#: name -> (entry-point module, flag file relative to the repository root, flags added after the file).
 CONFIGS = {
-    "caltech101_cpu": ("pvpp.experiments.caltech101", "experiments/caltech101_cpu.flags"),
-    "mnist_cpu": ("pvpp.experiments.mnist", "experiments/mnist_cpu.flags"),
-    "cifar10_cpu": ("pvpp.experiments.cifar10", "experiments/cifar10_cpu.flags"),
-    "mnist_paper": ("pvpp.experiments.mnist", "experiments/mnist_dynamic.flags"),
+    "caltech101_cpu": ("pvpp.experiments.caltech101", "experiments/caltech101_cpu.flags", ()),
+    "mnist_cpu": ("pvpp.experiments.mnist", "experiments/mnist_cpu.flags", ()),
+    "cifar10_cpu": ("pvpp.experiments.cifar10", "experiments/cifar10_cpu.flags", ()),
+    "mnist_paper": ("pvpp.experiments.mnist", "experiments/mnist_dynamic.flags", ()),
+    "mnist_tiny": (
+        "pvpp.experiments.mnist",
+        "experiments/mnist_cpu.flags",
+        (
+            "--nr_filters=4",
+            "--num_concat_latents=8",
+            "--rbm_num_left=4",
+            "--num_chains=4",
+            "--encoder_filters=4",
+            "--latent_map_channels=2",
+            "--batch_size=4",
+        ),
+    ),
 }
+DEFAULT_CONFIGS = ("caltech101_cpu", "mnist_cpu", "cifar10_cpu", "mnist_paper")
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default=None, help="JSON file to write (default: stdout)")
-    parser.add_argument("--devices", default="1,8", help="comma-separated CPU device counts")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration")
-    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated names of CONFIGS")
+    parser.add_argument(
+        "--devices", default=None, help="comma-separated CPU device counts (default 1,8; quick 1)"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="timed steps per configuration (default 5; quick 2)"
+    )
+    parser.add_argument(
+        "--configs",
+        default=None,
+        help=f"comma-separated names of {sorted(CONFIGS)} (default {','.join(DEFAULT_CONFIGS)})",
+    )
+    parser.add_argument("--quick", action="store_true", help="mnist_tiny, 1 device, 2 steps: a smoke run")
     parser.add_argument("--worker_devices", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    names = [name for name in args.configs.split(",") if name]
+    devices = args.devices or ("1" if args.quick else "1,8")
+    steps = args.steps or (2 if args.quick else 5)
+    configs = args.configs or ("mnist_tiny" if args.quick else ",".join(DEFAULT_CONFIGS))
+    names = [name for name in configs.split(",") if name]
     unknown = [name for name in names if name not in CONFIGS]
     if unknown:
         parser.error(f"unknown configurations {unknown}; known: {sorted(CONFIGS)}")
     if args.worker_devices is not None:
-        runs = _worker(args.worker_devices, names, args.steps)
-        print(json.dumps(runs))
-        return {"runs": runs}
+        worker = _worker(args.worker_devices, names, steps, args.quick)
+        print(json.dumps(worker))
+        return worker
 
     # Imported here, not at the top: this parent process only launches workers, and the workers must set the
     # CPU device count before anything that may start jax's backend is imported (see `_worker`).
     from pvpp.bench.common import log, machine_info, write_result
 
-    runs = []
-    for count in [int(d) for d in args.devices.split(",")]:
+    workers = []
+    for count in [int(d) for d in devices.split(",")]:
         log(f"-- {count} CPU device(s)")
         command = [
             sys.executable,
@@ -61,46 +92,71 @@ def main(argv: list[str] | None = None) -> dict:
             "pvpp.bench.train",
             f"--worker_devices={count}",
             f"--configs={','.join(names)}",
-            f"--steps={args.steps}",
-        ]
-        done = subprocess.run(command, cwd=_ROOT, stdout=subprocess.PIPE, check=True, text=True)
-        runs.extend(json.loads(done.stdout.strip().splitlines()[-1]))
-    result = {"benchmark": "pvpp.bench.train", "machine": machine_info(), "steps": args.steps, "runs": runs}
+            f"--steps={steps}",
+        ] + (["--quick"] if args.quick else [])
+        # On a GPU the calling process (e.g. pvpp.bench.suite) may already hold jax's preallocated 75% of the
+        # memory: the worker allocates as it goes instead (unless the caller chose otherwise).
+        env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", **os.environ}
+        done = subprocess.run(command, cwd=_ROOT, env=env, stdout=subprocess.PIPE, check=True, text=True)
+        workers.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    result = {
+        "benchmark": "pvpp.bench.train",
+        "machine": machine_info(),
+        "quick": args.quick,
+        "steps": steps,
+        "workers": workers,
+    }
     write_result(result, args.output)
     return result
 
 
-def _worker(num_devices: int, names: list[str], steps: int) -> list[dict]:
-    """Runs in a subprocess: set the CPU device count before jax starts, then time each configuration."""
+def flag_file_configs(name: str, num_devices: int):
+    """(ModelConfig, TrainConfig) of configuration `name` of CONFIGS, read from its flag file (plus its added
+    flags) by the entry points' own flags -> configs function, the global batch split over `num_devices`."""
+    # Function-level imports: this module's top stays free of jax and of pvpp (see `_worker`).
+    from absl import flags
+
+    from pvpp.experiments import common
+
+    module_name, flag_file, extra_flags = CONFIGS[name]
+    module = __import__(module_name, fromlist=["DATASETS"])
+    flag_values = flags.FlagValues()
+    common.define_flags(module.DATASETS, module.MODEL_DEFAULTS, flag_values)
+    flag_values(
+        [
+            name,
+            f"--flagfile={os.path.join(_ROOT, flag_file)}",
+            "--workdir=/nonexistent-bench",
+            f"--num_devices={num_devices}",
+            "--data_dir=" + _ROOT,
+            *extra_flags,
+        ]
+    )
+    model_config, train_config, _, _ = common.configs_from_flags(flag_values, module.MODEL_DEFAULTS)
+    return model_config, train_config
+
+
+def _worker(num_devices: int, names: list[str], steps: int, quick: bool) -> dict:
+    """Runs in a subprocess: set the CPU device count before jax starts, measure the matmul peak, then time each
+    configuration. Returns {'num_devices', 'machine', 'peak', 'runs'}."""
     # Function-level imports on purpose: the device count must be set before any module that might start the
     # backend is imported.
     import jax
 
     jax.config.update("jax_num_cpu_devices", num_devices)
     import numpy as np
-    from absl import flags
 
     from pvpp import train
-    from pvpp.bench.common import log
-    from pvpp.experiments import common
+    from pvpp.bench.common import log, machine_info, measured
+    from pvpp.bench.flops import achieved
+    from pvpp.bench.peak import matmul_peak
     from pvpp.model import count_params
 
+    peak = matmul_peak(quick=quick)
     runs = []
     for name in names:
-        module_name, flag_file = CONFIGS[name]
-        module = __import__(module_name, fromlist=["DATASETS"])
-        flag_values = flags.FlagValues()
-        common.define_flags(module.DATASETS, module.MODEL_DEFAULTS, flag_values)
-        flag_values(
-            [
-                name,
-                f"--flagfile={os.path.join(_ROOT, flag_file)}",
-                "--workdir=/nonexistent-bench",
-                f"--num_devices={num_devices}",
-                "--data_dir=" + _ROOT,
-            ]
-        )
-        model_config, train_config, _, _ = common.configs_from_flags(flag_values, module.MODEL_DEFAULTS)
+        flag_file = CONFIGS[name][1]
+        model_config, train_config = flag_file_configs(name, num_devices)
         devices = tuple(jax.local_devices()[:num_devices])
         fns = train.step_functions(model_config, train_config, devices)
         sharding = train.device_sharding(devices)
@@ -115,18 +171,23 @@ def _worker(num_devices: int, names: list[str], steps: int) -> list[dict]:
             images.reshape(num_devices, batch // num_devices, *images.shape[1:]), sharding
         )
         start = time.perf_counter()
-        state, metrics = fns.train(state, device_batch)
-        jax.block_until_ready(metrics)
+        step = fns.train.lower(state, device_batch).compile()  # the step the loop runs, compiled once
         compile_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        previous = None
-        for _ in range(steps):
-            state, metrics = fns.train(state, device_batch)
-            if previous is not None:
-                jax.device_get(previous["loss"])  # as the loop: read step N after dispatching N + 1
-            previous = metrics
-        jax.block_until_ready(metrics)
-        seconds = time.perf_counter() - start
+        state, metrics = jax.block_until_ready(step(state, device_batch))
+        first_step_seconds = time.perf_counter() - start
+
+        def timed_steps(state):
+            previous = None
+            for _ in range(steps):
+                state, metrics = step(state, device_batch)
+                if previous is not None:
+                    jax.device_get(previous["loss"])  # as the loop: read step N after dispatching N + 1
+                previous = metrics
+            return state, metrics
+
+        (state, _), record = measured(lambda: timed_steps(state))
+        seconds = record["wall_seconds"]
         run = {
             "name": name,
             "flag_file": flag_file,
@@ -140,17 +201,25 @@ def _worker(num_devices: int, names: list[str], steps: int) -> list[dict]:
             "num_params": count_params(train.unreplicate(state.params)),
             "init_seconds": init_seconds,
             "compile_seconds": compile_seconds,
+            "first_step_seconds": first_step_seconds,
             "steps": steps,
             "step_seconds": seconds / steps,
             "images_per_second": batch * steps / seconds,
+            **achieved(step, seconds / steps, peak, num_devices),
+            "measurement": record,
         }
+        gflops = (
+            "?"
+            if run["gflops"] is None
+            else f"{run['gflops']:.1f} GFLOP/s, {run['fraction_of_peak']:.0%} of peak"
+        )
         log(
             f"{name} on {num_devices} device(s): {run['images_per_second']:.1f} images/s "
-            f"({run['step_seconds']:.3f} s/step, batch {batch}), compile {compile_seconds:.1f} s, "
+            f"({run['step_seconds']:.3f} s/step, batch {batch}; {gflops}), compile {compile_seconds:.1f} s, "
             f"init {init_seconds:.1f} s"
         )
         runs.append(run)
-    return runs
+    return {"num_devices": num_devices, "machine": machine_info(), "peak": peak, "runs": runs}
 
 
 if __name__ == "__main__":
