@@ -39,6 +39,7 @@ TRAIN_FLAGS = [
     "--eval_batch_size=32",
     "--ais_chains=8",
     "--ais_betas=10",
+    "--eval_grids=0",  # no TensorBoard sample grids: not what this test is about, and a compile per run
 ]
 # Summing the gradients of 8 devices, gloo (across processes) and XLA's in-process all-reduce add them in
 # another order: the states then differ by float32 rounding, which Adam's moments amplify where gradients
