@@ -17,14 +17,12 @@ before and after). Writes one JSON document (to --output, or stdout) and prints 
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pvpp.bench.common import machine_info, measured, write_result
+from pvpp.bench.common import log, machine_info, measured, timed, write_result
 from pvpp.bench.peak import fraction_of_peak, matmul_peak
 from pvpp.priors import ais, rbm
 
@@ -127,7 +125,7 @@ def _gibbs_throughput(num_left: int, num_right: int, peak: dict, quick: bool) ->
         "jax_speedup_over_numpy": jax_rate / numpy_rate,
         "timed_sweeps": {"jax": num_sweeps, "numpy": numpy_sweeps},
     }
-    _log(
+    log(
         f"Gibbs {num_left}+{num_right}, {_NUM_CHAINS} chains: JAX {jax_rate:,.0f} chain-sweeps/s "
         f"({row['jax_fraction_of_peak']:.0%} of matmul peak; "
         f"matmuls alone {matmul_seconds * 1e3:.2f} ms "
@@ -198,7 +196,7 @@ def _ais_run(name, params, exact, exact_record, setting, num_betas) -> dict:
         "seconds": seconds,
         "measurement": record,
     }
-    _log(
+    log(
         f"AIS {name}, {setting} ({num_betas} temperatures, {num_chains} chains): "
         f"error {row['error_nats']:+.4f} nats, "
         f"interval [{row['interval'][0] - exact:+.3f}, {row['interval'][1] - exact:+.3f}] around exact, "
@@ -225,18 +223,8 @@ def _exact64(params):
         return rbm.exact_log_partition(jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), params))
 
 
-def _timed(fn):
-    start = time.perf_counter()
-    value = fn()
-    return value, time.perf_counter() - start
-
-
 def _time_best(fn, repeats: int) -> float:
-    return min(_timed(fn)[1] for _ in range(repeats))
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    return min(timed(fn)[1] for _ in range(repeats))
 
 
 if __name__ == "__main__":
