@@ -15,12 +15,10 @@ every process holds identically (one copy on each process's first device) is sav
 over a mesh of one device per process (`to_replicated` / `from_replicated`); orbax writes the copy of process
 0 once, and every process reads it back.
 
-Failure. The coordination service aborts every surviving process when one stops sending heartbeats
-(`heartbeat_timeout`; SIGKILL of process 1 ended process 0 after 5.5 / 8.5 / 13.5 s at timeouts of 5 / 10 /
-20 s on the development machine) or at once when process 0, which hosts the service, dies; its message names
-the task that died. A process that stops on an error of its own exits without the shutdown barrier
-(`pvpp.experiments.errors`), so the others follow within the heartbeat timeout instead of waiting in a
-collective.
+Failure. `pvpp.liveness` watches the processes through the coordination service's key-value store: when one
+dies, hangs or stops on an error, the others stop within `heartbeat_timeout` (at once for an error) with a
+message naming it. JAX's coordination service is the backstop, with twice that timeout. A process that stops
+on an error of its own says so and exits without the shutdown barrier (`pvpp.experiments.errors`).
 """
 
 from __future__ import annotations
@@ -35,6 +33,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from pvpp import liveness
 from pvpp.validation import check_int
 
 
@@ -45,8 +44,9 @@ class DistributedConfig:
     coordinator_address: "HOST:PORT" of process 0's coordination service. num_processes, process_id: the
     number of processes and this one's index in 0..N-1. auto: let jax detect what is unset from the cluster
     environment (SLURM, Open MPI, TPU). heartbeat_timeout: seconds without a heartbeat after which a process
-    counts as dead and the others are stopped. initialization_timeout: seconds to wait for every process to
-    connect. Not `enabled` (nothing set): a single-process run, `initialize` does nothing.
+    counts as dead and the others are stopped (`pvpp.liveness`; JAX's own heartbeats get twice as long).
+    initialization_timeout: seconds to wait for every process to connect. shutdown_timeout: seconds JAX's exit
+    barrier waits for every process. Not `enabled` (nothing set): a single-process run, `initialize` does nothing.
     """
 
     coordinator_address: str | None = None
@@ -55,10 +55,12 @@ class DistributedConfig:
     auto: bool = False
     heartbeat_timeout: int = 100
     initialization_timeout: int = 300
+    shutdown_timeout: int = 300
 
     def __post_init__(self):
         check_int(self.heartbeat_timeout, "heartbeat_timeout", 1)
         check_int(self.initialization_timeout, "initialization_timeout", 1)
+        check_int(self.shutdown_timeout, "shutdown_timeout", 1)
         explicit = (self.coordinator_address, self.num_processes, self.process_id)
         if not self.auto and any(v is not None for v in explicit) and None in explicit:
             raise ValueError(
@@ -94,7 +96,8 @@ def initialize(config: DistributedConfig) -> None:
         config.num_processes,
         config.process_id,
         initialization_timeout=config.initialization_timeout,
-        heartbeat_timeout_seconds=config.heartbeat_timeout,
+        heartbeat_timeout_seconds=liveness.backstop_timeout(config.heartbeat_timeout),
+        shutdown_timeout_seconds=config.shutdown_timeout,
     )
     logging.info(
         "Process %d of %d: %d local device(s) of %d (%s).",
@@ -111,6 +114,7 @@ def initialize(config: DistributedConfig) -> None:
             "JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo (or jax.config.update('jax_cpu_collectives_implementation', "
             "'gloo') before the backend starts)"
         )
+    liveness.start(config.heartbeat_timeout)
 
 
 def is_primary() -> bool:

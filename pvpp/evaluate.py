@@ -11,10 +11,12 @@ per dimension, nll / (H * W * C * ln 2).
 Order of work (`evaluate`):
 1. log Z of the RBM prior: AIS with the evaluation effort (`EvalConfig.ais`, an `AISConfig`; 10x the periodic training
    estimate, e.g. 10000 temperatures) or exact enumeration (small RBMs). AIS gives an interval
-   [lower, upper] = log Z_0 + log(mean(w) -/+ 3 std(w) / sqrt(M)) over its M chains.
-2. The importance-weighted pass over the test images (`importance_weighted_pass`), jit-compiled once for the
-   batch shape, `chunk_size` latent samples decoded at a time so memory stays bounded (batch_size *
-   chunk_size decoder passes in flight). It computes everything except log Z: the per-image estimate of
+   [lower, upper] = log Z_0 + log(mean(w) -/+ 3 std(w) / sqrt(M)) over its M chains, which are split over every
+   device of every process.
+2. The importance-weighted pass over the test images (`importance_weighted_pass`): batches of `batch_size`
+   images, one per device on every device of every process at once, compiled once per batch shape;
+   `chunk_size` latent samples decoded at a time so memory stays bounded (batch_size * chunk_size decoder
+   passes in flight per device). It computes everything except log Z: the per-image estimate of
    log p~(x) = log p(x) + log Z ("unnormalized").
 3. log Z is subtracted. Because every image's LL is log p~(x) - log Z, the log Z interval maps one-to-one to
    an LL interval: LL in [log p~(x) - upper, log p~(x) - lower]. The interval states the AIS estimator's
@@ -45,7 +47,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +60,8 @@ from pvpp.likelihoods import make_likelihood
 from pvpp.model import ModelConfig, PixelVAEPP, to_model_space
 from pvpp.priors import AISConfig, make_prior
 from pvpp.priors.base import LOG_PARTITION_METHODS
+from pvpp.training.compiled import TraceCounter
+from pvpp.training.devices import device_sharding, replicate
 from pvpp.validation import check_choice, check_int
 
 SUBSET_STREAM = 2
@@ -221,11 +225,13 @@ def evaluate_split(
 def estimate_log_partition(
     model_config: ModelConfig, params: Any, config: EvalConfig, key: jax.Array
 ) -> LogPartition | None:
-    """log Z of an unnormalised prior by `config.log_partition` ('ais' with `config.ais`, or 'exact'); None for
-    normalised priors."""
+    """log Z of an unnormalised prior by `config.log_partition` ('ais' with `config.ais`, its chains split over
+    every device of every process, or 'exact'); None for normalised priors."""
     prior = make_prior(model_config)
     prior.check_log_partition(config.log_partition)
-    result = prior.log_partition(prior.prior_params(params), key, method=config.log_partition, ais=config.ais)
+    result = prior.log_partition(
+        prior.prior_params(params), key, method=config.log_partition, ais=config.ais, devices=jax.devices()
+    )
     if result is None:
         return None
     ess = None if result.effective_sample_size is None else float(result.effective_sample_size)
@@ -253,45 +259,70 @@ def importance_weighted_pass(
     chunk_size: int,
     batch_size: int,
     progress: bool = False,
+    devices: Sequence[jax.Device] | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-image IWAE quantities without log Z, each [N] float64 numpy, nats (keys: `PER_IMAGE`).
 
     'log_likelihood_unnormalized' = log p(x) + log Z (the k-sample IWAE estimate), 'elbo_unnormalized' = the
     k = 1 bound averaged over the k samples, + log Z; 'reconstruction' = E_q[-log p(x | z)];
     'kl_unnormalized' = E_q[log q(z | x) - log p~(z)] = KL - log Z. For priors other than the RBM log Z = 0.
-    Images run `batch_size` at a time through one compiled program (the last batch is padded by repeating its
-    last image, and the padding is dropped); image i's samples use fold_in(key, example_indices[i]). With
-    several processes each runs its own whole batches (`distributed.process_part`) and all get every result.
+
+    Where the work runs: the images are dealt in batches of `batch_size`; with several processes each takes the
+    same number of whole batches (`distributed.process_part`), and a process runs its batches on up to all of its
+    local devices (or of `devices`, this process's) at once, one batch per device (`pmap`, the same compiled per-device program whatever the number
+    of devices or processes; an image's k samples stay on its device). The last round is padded by repeating
+    the last image, and the padding is dropped; every process gets every result. Image i's samples use
+    fold_in(key, example_indices[i]), so no result depends on where its image ran.
     """
     _check_images(model_config, images, example_indices)
     total, part = images.shape[0], distributed.process_part(images.shape[0], batch_size)
     images, example_indices = images[part], example_indices[part]
     num = images.shape[0]
-    variables = {"params": params}
     config = model_config.replace(dropout_rate=0.0)  # no dropout at evaluation (train=False also skips it)
+    num_batches = -(-num // batch_size)
+    devices = tuple(jax.local_devices() if devices is None else devices)[:num_batches]
+    per_round = batch_size * len(devices)
+    run = iwae_program(config, num_samples, chunk_size, devices)
+    variables = replicate({"params": params}, device_sharding(devices))
     results: list[dict[str, jax.Array]] = []
     bar = _progress_bar(num, progress)
-    pending = None  # (the last dispatched batch, its number of real images)
+    pending = None  # (the last dispatched round, its number of real images)
     try:
-        for start in range(0, num, batch_size):
-            index = np.arange(start, start + batch_size).clip(max=num - 1)  # pad by repeating the last image
-            x = to_model_space(config, jnp.asarray(images[index]))
-            result = _iwae_batch(
-                variables, x, jnp.asarray(example_indices[index], jnp.int32), key,
-                model_config=config, num_samples=num_samples, chunk_size=chunk_size,
-            )
+        for start in range(0, num, per_round):
+            index = np.arange(start, start + per_round).clip(max=num - 1)  # pad by repeating the last image
+            x = np.asarray(images[index]).reshape(len(devices), batch_size, *images.shape[1:])
+            indices = np.asarray(example_indices[index], np.int32).reshape(len(devices), batch_size)
+            result = run(variables, x, indices, key)
             results.append(result)
-            # Wait for the previous batch only after dispatching this one, so the device never waits for Python.
+            # Wait for the previous round only after dispatching this one, so the devices never wait for Python.
             if pending is not None:
                 jax.block_until_ready(pending[0])
                 bar.update(pending[1])
-            pending = (result, min(batch_size, num - start))
+            pending = (result, min(per_round, num - start))
         jax.block_until_ready(pending[0])
         bar.update(pending[1])
     finally:
         bar.close()
-    merged = {name: np.concatenate([np.asarray(r[name], np.float64) for r in results])[:num] for name in PER_IMAGE}
+    merged = {
+        name: np.concatenate([np.asarray(r[name], np.float64).reshape(-1) for r in results])[:num]
+        for name in PER_IMAGE
+    }
     return distributed.gather_parts(merged, total)
+
+
+@functools.lru_cache(maxsize=16)
+def iwae_program(model_config: ModelConfig, num_samples: int, chunk_size: int, devices: tuple[jax.Device, ...]):
+    """The compiled evaluation of one batch per device: run(variables, images, example_indices, key) with
+    variables replicated over `devices` (`pvpp.training.devices.replicate`), images [D, B, H, W, C] uint8 data space,
+    example_indices [D, B] int32 and the key of the 'importance_samples' stream -> dict of [D, B] float32
+    (`PER_IMAGE`). One program per settings and device tuple; `run.counter.count` says how often it was traced."""
+    counter = TraceCounter(
+        "iwae",
+        functools.partial(_iwae_batch, model_config=model_config, num_samples=num_samples, chunk_size=chunk_size),
+    )
+    run = jax.pmap(counter, in_axes=(0, 0, 0, None), devices=list(devices))
+    run.counter = counter
+    return run
 
 
 def per_image_arrays(
@@ -414,9 +445,9 @@ def write_results(path, summary: Mapping[str, Any], per_image: Mapping[str, np.n
 # Helpers
 
 
-@functools.partial(jax.jit, static_argnames=("model_config", "num_samples", "chunk_size"))
-def _iwae_batch(variables, x, example_indices, key, *, model_config, num_samples, chunk_size):
-    """One compiled batch: x [B, H, W, C] model space -> dict of [B] (see `importance_weighted_pass`)."""
+def _iwae_batch(variables, images, example_indices, key, *, model_config, num_samples, chunk_size):
+    """One device's batch: images [B, H, W, C] uint8 data space -> dict of [B] (see `importance_weighted_pass`)."""
+    x = to_model_space(model_config, images)
     model = PixelVAEPP(model_config)
     log_partition = 0.0  # applied afterwards (module docstring, step 3)
 

@@ -42,10 +42,17 @@ def test_plain_pixelcnn_evaluates_to_the_sum_of_its_pixel_log_probs(likelihood):
     model = PixelVAEPP(config)
     # Random weights (not an init: compiling the data-dependent init would dominate this test).
     params = random_variables(lambda x: model.init(jax.random.key(0), x, jax.random.key(1)), x, seed=2)["params"]
-    compiled_before = evaluate._iwae_batch._cache_size()
     result = evaluate.evaluate(config, params, images, np.arange(6), evaluate.EvalConfig(
         num_importance_samples=1, chunk_size=1, batch_size=4))
-    assert evaluate._iwae_batch._cache_size() == compiled_before + 1  # two batches (one padded), one compilation
+    # Two batches (one padded) on two devices, one compilation.
+    program = evaluate.iwae_program(config, 1, 1, tuple(jax.local_devices()[:2]))
+    assert program.counter.count == 1
+    # One device, two rounds: the same per-device program, the same numbers to the bit.
+    on_one_device = evaluate.importance_weighted_pass(
+        config, params, images, np.arange(6), keys.stream(jax.random.key(0), "importance_samples"),
+        num_samples=1, chunk_size=1, batch_size=4, devices=jax.local_devices()[:1])
+    np.testing.assert_array_equal(on_one_device["log_likelihood_unnormalized"],
+                                  result.per_image["log_likelihood_unnormalized"])
 
     # Independently: the PixelCNN++ decoder run directly on x, its per-pixel log-probabilities summed.
     decoder = PixelCNNPP(config.nr_resnet, config.nr_filters, config.out_channels, 0.0, config.downsample)

@@ -4,8 +4,8 @@ not bugs of pvpp. Every entry point runs its work through `exit_on_stopping_erro
 
 In a multi-process run (`pvpp.distributed`) a process that stops, on any error, says so naming itself and
 exits at once (`os._exit`), without jax's shutdown barrier: otherwise it would wait there, still sending
-heartbeats, while the others wait for it in a collective. Its silence then stops the others within the heartbeat
-timeout (at once when it is process 0)."""
+heartbeats, while the others wait for it in a collective. It first tells the others (`pvpp.liveness.mark_failed`),
+which then stop at once."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from absl import app, logging
 
-from pvpp import checkpoint, distributed
+from pvpp import checkpoint, distributed, liveness
 from pvpp.data.raw import DataFileError
 from pvpp.workdir import WorkdirBusyError, WorkdirConflictError
 
@@ -61,6 +61,7 @@ def exit_on_stopping_errors(work: Callable[..., Any], *args, **kwargs) -> Any:
     except BaseException as err:
         if not distributed.is_multiprocess() or (isinstance(err, SystemExit) and not err.code):
             raise
+        liveness.await_verdict_on(err)  # a collective that lost its peer: the watch names the process and exits
         if not isinstance(err, app.UsageError):  # a usage error is its message; anything else a bug to trace
             traceback.print_exc()
         _exit(f"{type(err).__name__}: {err}")
@@ -75,6 +76,7 @@ def _exit(message: str) -> None:
     if not distributed.is_multiprocess():
         sys.exit(f"pvpp: {message}")
     where = distributed.describe_process()
+    liveness.mark_failed()
     logging.error("%s stops: %s", where, message)
     sys.stdout.flush()
     sys.stderr.write(f"pvpp: {where}: {message}\n")

@@ -35,7 +35,14 @@ def define_flags(flag_values: flags.FlagValues) -> None:
     flags.DEFINE_integer(
         "heartbeat_timeout",
         _DEFAULTS.heartbeat_timeout,
-        "seconds without a heartbeat after which a process counts as dead and the others stop",
+        "seconds after which a silent process counts as dead and the others stop (pvpp's watch; JAX's own "
+        "heartbeat check waits twice as long)",
+        **fv,
+    )
+    flags.DEFINE_integer(
+        "shutdown_timeout",
+        _DEFAULTS.shutdown_timeout,
+        "seconds the processes wait for each other at exit (JAX's shutdown barrier)",
         **fv,
     )
     flags.DEFINE_integer(
@@ -57,6 +64,7 @@ def config_from_flags(flag_values: flags.FlagValues) -> distributed.DistributedC
             auto=f.distributed == "auto",
             heartbeat_timeout=f.heartbeat_timeout,
             initialization_timeout=f.initialization_timeout,
+            shutdown_timeout=f.shutdown_timeout,
         )
     except (TypeError, ValueError) as err:
         raise app.UsageError(f"--{err}") from err  # the messages start with the field (= flag) name

@@ -25,6 +25,14 @@ the uniform base it beat the piecewise schedule dense near beta = 1 on random 18
 (errors <= 0.02 vs <= 0.05 nats, larger effective sample sizes); "dense_near_one" is Salakhutdinov & Murray's
 choice for bases fitted to the data.
 
+Several devices (`devices=`). The chains are independent, so they are split over the devices (of every process of
+a multi-process run): one program, the chain axis sharded over a mesh of the devices, padded with extra chains to a
+multiple of their number (the padding is computed and left out of every result). JAX's partitionable threefry
+(`jax_threefry_partitionable`, on by default) draws every chain's noise from the chain's own place in the array, so
+chain c sees the same random bits on any number of devices; the results then differ from one device's only by
+the float rounding of the [chains per device, nL] x [nL, nR] products (the same device count gives the same
+bits). The summaries are reduced over all chains and every process gets the whole result.
+
 Float32 accuracy over 10^4 temperatures. The log-weight increment is never computed as the difference of
 two large log f values. With x = b + W^T zL, delta = beta_k - beta_{k-1} and
 softplus(u) = relu(u) + log1p(e^-|u|):
@@ -40,6 +48,7 @@ error of a few ulps of its final value instead of growing with the number of tem
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -47,6 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pvpp.priors import rbm as _rbm
 from pvpp.relax import bernoulli_sample
@@ -79,8 +89,9 @@ class AISConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def run(self, params: _rbm.RBMParams, key: jax.Array) -> AISResult:
-        """`ais_log_partition(params, key, ...)` with these settings (uniform base)."""
+    def run(self, params: _rbm.RBMParams, key: jax.Array, *, devices=None) -> AISResult:
+        """`ais_log_partition(params, key, ...)` with these settings (uniform base), its chains split over
+        `devices` (None: the default device)."""
         return ais_log_partition(
             params,
             key,
@@ -88,6 +99,7 @@ class AISConfig:
             num_betas=self.num_betas,
             sweeps_per_beta=self.sweeps_per_beta,
             schedule=self.schedule,
+            devices=devices,
         )
 
 
@@ -122,14 +134,17 @@ def ais_log_partition(
     sweeps_per_beta: int = 1,
     base_left_bias: jax.Array | None = None,
     schedule: str = "linear",
+    devices=None,
 ) -> AISResult:
     """AIS estimate of log Z over the left side (see the module docstring).
 
     num_chains: M >= 1 independent AIS runs.  num_betas: K >= 2 inverse temperatures, both ends included
     (K - 1 annealing steps).  sweeps_per_beta: >= 0 block-Gibbs sweeps per intermediate distribution
     (0 turns AIS into plain importance sampling from the base).  base_left_bias: a0 [nL], default zeros
-    (uniform base).  schedule: "linear" or "dense_near_one" (see `beta_schedule`).
-    Compiled once per (M, K, sweeps_per_beta, shapes, dtype).
+    (uniform base).  schedule: "linear" or "dense_near_one" (see `beta_schedule`).  devices: a sequence of
+    devices to split the chains over (all processes' devices in a multi-process run, the same sequence on
+    every process; every process then gets the whole result); None or one device: the default device.
+    Compiled once per (M, K, sweeps_per_beta, shapes, dtype, devices).
     """
     _rbm.check_params(params)
     check_int(num_chains, "num_chains", 1)
@@ -149,7 +164,9 @@ def ais_log_partition(
             raise ValueError(f"base_left_bias {tuple(jnp.shape(base_left_bias))} contains non-finite values")
         base_left_bias = jnp.asarray(base_left_bias, dtype)
     betas = beta_schedule(num_betas, schedule, dtype)
-    return _ais_jit(params, base_left_bias, key, betas, num_chains, sweeps_per_beta)
+    if devices is None or len(devices) <= 1:
+        return _ais_jit(params, base_left_bias, key, betas, num_chains, sweeps_per_beta)
+    return _ais_sharded(params, base_left_bias, key, betas, num_chains, sweeps_per_beta, tuple(devices))
 
 
 def beta_schedule(num_betas: int, kind: str = "linear", dtype=jnp.float32) -> jax.Array:
@@ -186,16 +203,28 @@ def _ais_jit_impl(
     betas: jax.Array,
     num_chains: int,
     sweeps_per_beta: int,
+    chain_sharding: NamedSharding | None = None,
 ) -> AISResult:
+    """The AIS program. chain_sharding: None (one device), or the sharding of the chain axis over a mesh of D
+    devices; then the chains are padded to a multiple of D and the padding is dropped before the summaries."""
     dtype = params.weights.dtype
     num_left, num_right = params.weights.shape
+    num_devices = 1 if chain_sharding is None else chain_sharding.mesh.size
+    num_run = -(-num_chains // num_devices) * num_devices  # chains run, padding included
+
+    def shard(chains):  # [num_run, ...]: one block of chains per device
+        if chain_sharding is None:
+            return chains
+        spec = PartitionSpec(chain_sharding.spec[0], *([None] * (chains.ndim - 1)))
+        return lax.with_sharding_constraint(chains, NamedSharding(chain_sharding.mesh, spec))
+
     init_key, final_key, key = jax.random.split(key, 3)
     # Exact sample of the base f_0: zL ~ Bern(sigmoid(a0)) (zR is uniform and summed out).
-    z_left = bernoulli_sample(init_key, jnp.broadcast_to(base_left_bias, (num_chains, num_left)))
+    z_left = shard(bernoulli_sample(init_key, jnp.broadcast_to(base_left_bias, (num_run, num_left))))
     bias_gap = params.left_bias - base_left_bias  # d/dbeta of the linear term: (a - a0).zL
 
     def anneal_step(carry, step_inputs):
-        z_left, log_weights, compensation = carry
+        z_left, log_weights, compensation = jax.tree.map(shard, carry)
         step, beta_previous, beta = step_inputs
         delta = beta - beta_previous
         field = _exact_right_field(params, z_left)  # [M, nR]
@@ -205,13 +234,14 @@ def _ais_jit_impl(
         log_weights, compensation = _kahan_add(log_weights, compensation, increment)
         step_key = jax.random.fold_in(key, step)
         z_left = _transition(params, base_left_bias, step_key, z_left, field, beta, sweeps_per_beta)
-        return (z_left, log_weights, compensation), None
+        return jax.tree.map(shard, (z_left, log_weights, compensation)), None
 
-    zeros = jnp.zeros((num_chains,), dtype)
+    zeros = shard(jnp.zeros((num_run,), dtype))
     steps = jnp.arange(betas.shape[0] - 1, dtype=jnp.int32)
     carry = (z_left, zeros, zeros)
     (z_left, log_weights, _), _ = lax.scan(anneal_step, carry, (steps, betas[:-1], betas[1:]))
     z_right = bernoulli_sample(final_key, _rbm.right_field(params, z_left))
+    z_left, z_right, log_weights = z_left[:num_chains], z_right[:num_chains], log_weights[:num_chains]
 
     log_base_partition = jnp.sum(jax.nn.softplus(base_left_bias)) + num_right * math.log(2.0)
     log_mean_weight = jax.nn.logsumexp(log_weights) - math.log(num_chains)
@@ -229,6 +259,34 @@ def _ais_jit_impl(
 
 
 _ais_jit = jax.jit(_ais_jit_impl, static_argnums=(4, 5))
+
+
+def _ais_sharded(params, base_left_bias, key, betas, num_chains, sweeps_per_beta, devices) -> AISResult:
+    """`_ais_jit_impl` with the chains split over `devices` (a mesh axis 'chains'); the inputs are replicated
+    over the mesh (from this process's copy: every process must hold the same values) and so is the result."""
+    mesh = Mesh(np.array(devices), ("chains",))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    impl = jax.random.key_impl(key)
+    inputs = jax.tree.map(
+        lambda leaf: _replicate(np.asarray(leaf), replicated),
+        (params, base_left_bias, jax.random.key_data(key), betas),
+    )
+    return _ais_sharded_jit(
+        *inputs, num_chains, sweeps_per_beta, NamedSharding(mesh, PartitionSpec("chains")), impl
+    )
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5, 6, 7))
+def _ais_sharded_jit(params, base_left_bias, key_data, betas, num_chains, sweeps_per_beta, chain_sharding, impl):
+    key = jax.random.wrap_key_data(key_data, impl=impl)
+    result = _ais_jit_impl(params, base_left_bias, key, betas, num_chains, sweeps_per_beta, chain_sharding)
+    everywhere = NamedSharding(chain_sharding.mesh, PartitionSpec())
+    return jax.tree.map(lambda value: lax.with_sharding_constraint(value, everywhere), result)
+
+
+def _replicate(value: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A numpy array as a jax array replicated over `sharding`'s mesh (its devices may span processes)."""
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 
 def _transition(

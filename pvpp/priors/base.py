@@ -27,7 +27,7 @@ differ from the defaults below), and one entry in `pvpp/priors/build.py`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import jax
 from flax import linen as nn
@@ -154,9 +154,17 @@ class Prior:
         check_choice(method, "log_partition", LOG_PARTITION_METHODS)
 
     def log_partition(
-        self, prior_params: Any, key: jax.Array, *, method: str = "ais", ais: AISConfig = AISConfig()
+        self,
+        prior_params: Any,
+        key: jax.Array,
+        *,
+        method: str = "ais",
+        ais: AISConfig = AISConfig(),
+        devices: Sequence[jax.Device] | None = None,
     ) -> LogPartition | None:
-        """log Z by `method` ('ais' with the effort `ais`, or 'exact'); None for a normalised prior."""
+        """log Z by `method` ('ais' with the effort `ais`, or 'exact'); None for a normalised prior. devices:
+        where a sampling estimator may split its work (all processes' devices, the same on every process; None:
+        the default device); every process gets the whole result."""
         return None
 
     def sample(self, prior_params: Any, key: jax.Array, num: int, *, num_sweeps: int = 1) -> jax.Array:

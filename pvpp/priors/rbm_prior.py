@@ -133,12 +133,12 @@ class RBMPrior(Prior):
                 f"units (max {rbm.MAX_ENUMERATED_UNITS}): use log_partition='ais'"
             )
 
-    def log_partition(self, prior_params, key, *, method="ais", ais=AISConfig()) -> LogPartition:
+    def log_partition(self, prior_params, key, *, method="ais", ais=AISConfig(), devices=None) -> LogPartition:
         self.check_log_partition(method)
         if method == "exact":
             value = rbm.exact_log_partition(prior_params)
             return LogPartition(value, value, value, None)
-        result = ais.run(prior_params, key)
+        result = ais.run(prior_params, key, devices=devices)
         return LogPartition(
             result.log_partition,
             result.log_partition_lower,
