@@ -50,7 +50,6 @@ import time
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from tqdm import tqdm

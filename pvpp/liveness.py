@@ -56,7 +56,9 @@ def start(timeout: float, period: float | None = None) -> "Watch | None":
         return None
     client = _coordination_client()
     if client is None:
-        logging.warning("pvpp cannot reach JAX's key-value store: a dead process is noticed by JAX's heartbeats only")
+        logging.warning(
+            "pvpp cannot reach JAX's key-value store: a dead process is noticed by JAX's heartbeats only"
+        )
         return None
     global _WATCH
     _WATCH = Watch(client, jax.process_index(), jax.process_count(), timeout, period or min(1.0, timeout / 5))
@@ -78,7 +80,9 @@ def await_verdict_on(error: BaseException) -> None:
     text = str(error)
     if _WATCH is None or not any(sign in text for sign in _LOST_PEER_SIGNS):
         return
-    logging.warning("a collective lost its peer; waiting up to %g s to learn which process died", _WATCH.timeout)
+    logging.warning(
+        "a collective lost its peer; waiting up to %g s to learn which process died", _WATCH.timeout
+    )
     time.sleep(_WATCH.timeout + 3 * _WATCH.period)
 
 
@@ -131,8 +135,10 @@ class Watch:
             except Exception as err:  # noqa: BLE001 - every failure to reach the service counts as silence
                 unreachable_since = unreachable_since or now
                 if now - unreachable_since > self.timeout:
-                    self._stop_run(f"the coordination service (process 0) has not answered for {self.timeout:g} s "
-                                   f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})")
+                    self._stop_run(
+                        f"the coordination service (process 0) has not answered for {self.timeout:g} s "
+                        f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})"
+                    )
                 continue
             unreachable_since = None
             values = {int(key.rsplit("/", 1)[1]): value for key, value in entries.items()}
