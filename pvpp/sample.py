@@ -37,14 +37,14 @@ import dataclasses
 import functools
 import operator
 import os
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from pvpp import images as image_io
-from pvpp import cached_sampler, keys, likelihoods
+from pvpp import cached_sampler, distributed, keys, likelihoods
 from pvpp.energy_distance import (  # noqa: F401  (re-exported: the figures' sorting is part of generation)
     energy_distance,
     energy_distance_matrix,
@@ -55,6 +55,7 @@ from pvpp.energy_distance import (  # noqa: F401  (re-exported: the figures' sor
 from pvpp.likelihoods import make_likelihood
 from pvpp.model import ModelConfig, PixelVAEPP
 from pvpp.priors import make_prior
+from pvpp.training.devices import device_sharding, replicate
 from pvpp.validation import check_choice, check_int
 
 LIKELIHOODS = likelihoods.LIKELIHOODS
@@ -338,26 +339,42 @@ def posterior_latents(config: ModelConfig, variables: Any, x: jax.Array, key: ja
 
 def decode_latents(
     config: ModelConfig, variables: Any, z: jax.Array, key: jax.Array, *, decodes_per_latent: int, batch_size: int,
-    sampler: str = "cached",
+    sampler: str = "cached", devices: Sequence[jax.Device] | None = None,
 ) -> jax.Array:
     """Decodes every latent S = decodes_per_latent times: z [N, K] -> images [N, S, H, W, C] in model space.
 
-    Batch b of `batch_size` images uses the key stream of fold_in(key, b); sampler as in `model_sampler`."""
+    Batch b of `batch_size` images uses the key stream of fold_in(key, b); sampler as in `model_sampler`. The
+    batches are independent: with several processes each decodes its share (`distributed.process_part`), and a
+    process runs up to one batch per local device (or per device of `devices`, this process's) at once, the
+    same per-device program on any layout; every process gets every image."""
     num = z.shape[0]
     if z.ndim != 2 or z.shape[1] != config.num_latents:
         raise ValueError(f"z must be [N, {config.num_latents}], got {z.shape}")
     total = num * decodes_per_latent
-    repeated = jnp.repeat(z, decodes_per_latent, axis=0)  # [N * S, K], latent n at rows n*S .. n*S + S-1
+    repeated = np.repeat(np.asarray(z), decodes_per_latent, axis=0)  # [N * S, K], latent n at rows n*S .. n*S + S-1
     batch = min(batch_size, total)
-    run = model_sampler(config, sampler)
+    num_batches = -(-total // batch)
+    mine = distributed.process_part(num_batches, 1)  # this process's batches (the last repeated as padding)
+    devices = tuple(jax.local_devices() if devices is None else devices)[: len(mine)]
+    run = _device_sampler(config.replace(dropout_rate=0.0), sampler, devices)
+    replicated = replicate(variables, device_sharding(devices))
     num_pixels = config.image_shape[0] * config.image_shape[1]
     outputs = []
-    for b, start in enumerate(range(0, total, batch)):
-        rows = np.arange(start, start + batch).clip(max=total - 1)  # pad the last batch with its last latent
-        pixel_keys = pixel_key_stream(jax.random.fold_in(key, b), num_pixels)
-        outputs.append(run(pixel_keys, variables, repeated[rows]))
-    images = jnp.concatenate(outputs)[:total]
-    return images.reshape((num, decodes_per_latent) + config.image_shape)
+    for first in range(0, len(mine), len(devices)):
+        batches = mine[np.arange(first, first + len(devices)).clip(max=len(mine) - 1)]  # pad the last round
+        pixel_keys = jnp.stack([pixel_key_stream(jax.random.fold_in(key, int(b)), num_pixels) for b in batches])
+        rows = (batches[:, None] * batch + np.arange(batch)).clip(max=total - 1)  # pad the last batch
+        outputs.append(run(replicated, pixel_keys, repeated[rows]))
+    images = np.concatenate([np.asarray(out).reshape((-1,) + config.image_shape) for out in outputs])
+    images = distributed.gather_parts({"images": images[: len(mine) * batch]}, num_batches * batch)["images"]
+    return jnp.asarray(images[:total]).reshape((num, decodes_per_latent) + config.image_shape)
+
+
+@functools.lru_cache(maxsize=16)
+def _device_sampler(config: ModelConfig, sampler: str, devices: tuple[jax.Device, ...]) -> Callable[..., jax.Array]:
+    """`model_sampler` once per device: run(variables [D, ...], pixel_keys [D, H * W], z [D, B, K]) -> [D, B, ...]."""
+    per_device = model_sampler(config, sampler)
+    return jax.pmap(lambda variables, pixel_keys, z: per_device(pixel_keys, variables, z), devices=list(devices))
 
 
 def generate_from_prior(

@@ -42,10 +42,13 @@ TRAIN_FLAGS = [
     "--ais_betas=10",
     "--eval_grids=0",  # no TensorBoard sample grids: not what this test is about, and a compile per run
 ]
-# Summing the gradients of 8 devices, gloo (across processes) and XLA's in-process all-reduce add them in
-# another order: the states then differ by float32 rounding, which Adam's moments amplify where gradients
-# cancel. Measured over 20 steps: parameters within 5e-5 and the EMA within 1e-5 of their largest value per
-# array, Adam's moments within 5e-3; the chains, step, key and data position are bitwise equal.
+# 2 x 4 and 1 x 8 devices agree to float32 rounding, not to the bit: gloo (across processes) adds the 8 gradients
+# in another order than XLA's in-process all-reduce, and XLA on CPU computes even one device's gradient
+# differently with 4 devices per process than with 8 (a lone convolution's gradient differed by 1e-5 before
+# any reduction; gathering the gradients and adding them in device order still left 585 of 865 arrays 1 ulp
+# apart after 2 steps). Adam's moments amplify the rounding where gradients cancel. Measured over 20 steps:
+# parameters within 5e-5 and the EMA within 1e-5 of their largest value per array, Adam's moments within 5e-3;
+# the chains, step, key and data position are bitwise equal.
 RELATIVE_TOLERANCE = {"params": 1e-3, "ema": 1e-3, "moments": 2e-2}
 
 
@@ -150,7 +153,7 @@ def assert_same_training(got: dict, want: dict) -> None:
         np.testing.assert_allclose(a, b, rtol=0, atol=RELATIVE_TOLERANCE[group] * scale, err_msg=name)
 
 
-def test_two_processes_train_like_one_stop_together_when_one_is_killed_resume_and_evaluate(tmp_path, data_dir):
+def test_two_processes_train_like_one_stop_together_when_one_is_killed_resume_evaluate_and_sample(tmp_path, data_dir):
     logs = tmp_path / "logs"
     logs.mkdir()
     reference = tmp_path / "one_process"
@@ -217,6 +220,27 @@ def test_two_processes_train_like_one_stop_together_when_one_is_killed_resume_an
             finish(ps, 300)
     assert results[1].read_text() == results[2].read_text()
     assert sorted(p.name for p in tmp_path.glob("eval_2.*")) == ["eval_2.json", "eval_2.npz"]
+
+    # Samples: the batches shared over the devices of both processes; the same images as one process.
+    outputs = {}
+    for count in (1, 2):
+        outputs[count] = tmp_path / f"samples_{count}"
+        flags = [
+            f"--workdir={workdir}",
+            f"--output_dir={outputs[count]}",
+            "--num_latents=3",
+            "--decodes_per_latent=2",
+            "--num_reconstructions=2",
+            "--decodes_per_image=2",
+            "--num_gibbs_sweeps=10",
+            "--batch_size=1",
+        ]
+        with processes("pvpp.experiments.sample", flags, num_processes=count, devices=8 // count, logs=logs) as ps:
+            finish(ps, 300)
+    with np.load(outputs[1] / "samples.npz") as one, np.load(outputs[2] / "samples.npz") as two:
+        assert sorted(one.files) == sorted(two.files)
+        for name in one.files:
+            np.testing.assert_array_equal(one[name], two[name], err_msg=name)
 
 
 def test_each_process_reads_its_part_of_the_same_global_batch():

@@ -12,7 +12,8 @@ Writes into --output_dir (default <workdir>/samples/):
   samples.npz                 the latents, the images (uint8 data space: {0, 1} binary, 0..255 RGB), the orders
   samples.json                the settings (with the sampler that ran) and where the parameters came from
 Prior 'none' (plain PixelCNN++): only the prior_samples grids (rows are plain samples). Uses the EMA parameters,
-dropout off. See pvpp/sample.py for the procedure.
+dropout off. See pvpp/sample.py for the procedure. Several processes (`--coordinator_address`, ...) share the
+decoding, one batch per device, and process 0 writes the files: the same files as one process.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def execute(argv: list[str]) -> dict[str, str]:
             model_config, params, to_model_space(model_config, inputs), root, config
         )
     if not distributed.is_primary():
-        return {}  # every process computed the same figures; process 0 writes them
+        return {}  # the processes shared the decoding and all hold every image; process 0 writes them
     extra = {} if indices is None else {"reconstruction_example_indices": indices}
     paths = sample.save_figures(
         output_dir,
