@@ -243,6 +243,51 @@ def test_two_processes_train_like_one_stop_together_when_one_is_killed_resume_ev
             np.testing.assert_array_equal(one[name], two[name], err_msg=name)
 
 
+FAILING_PROGRAM = """
+import sys, time
+import numpy as np
+from jax.experimental import multihost_utils
+from pvpp import distributed
+from pvpp.experiments import errors
+
+port, index = sys.argv[1], int(sys.argv[2])
+distributed.initialize(distributed.DistributedConfig(
+    coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=index, heartbeat_timeout=60))
+
+def work():
+    for step in range(100000):
+        multihost_utils.process_allgather(np.ones(3))
+        if index == 1 and step == 3:
+            raise FileNotFoundError("no such file: the data")
+        time.sleep(0.05)
+
+errors.exit_on_stopping_errors(work)
+"""
+
+
+def test_a_process_that_stops_on_an_error_stops_the_others_at_once_naming_it(tmp_path):
+    """Far sooner than the 60 s heartbeat timeout: the failing process tells the others before it exits."""
+    port, env = free_port(), dict(os.environ, JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
+    logs = [open(tmp_path / f"{i}.log", "w+") for i in range(2)]
+    started = [
+        subprocess.Popen([sys.executable, "-c", FAILING_PROGRAM, str(port), str(i)], cwd=REPO, env=env,
+                         stdout=logs[i], stderr=subprocess.STDOUT)
+        for i in range(2)
+    ]
+    try:
+        for process in started:
+            process.wait(timeout=50)
+    finally:
+        for process, log in zip(started, logs):
+            process.kill()
+            process.wait()
+            log.close()
+    texts = [(tmp_path / f"{i}.log").read_text() for i in range(2)]
+    assert [p.returncode for p in started] == [1, 1], texts
+    assert "pvpp: process 1 of 2: FileNotFoundError: no such file: the data" in texts[1], texts[1][-2000:]
+    assert "pvpp: process 0 of 2: process 1 stopped on an error" in texts[0], texts[0][-2000:]
+
+
 def test_each_process_reads_its_part_of_the_same_global_batch():
     images = np.random.default_rng(0).integers(0, 256, (70, 4, 4, 1), dtype=np.uint8)
     for remainder, count in (("drop", 70), ("pad", 70), ("keep", 66)):

@@ -10,7 +10,9 @@ at a time) is timed after its compilation. The cost is one down path per image p
 in K for K >> 1: the JSON gives the measured seconds per image at K and the extrapolation to
 --target_samples (the paper's k = 1000), to the Caltech-101 Silhouettes test set (2307 images) and the MNIST
 test set (10000). AIS (1000 chains, 1 sweep per temperature) is timed at --ais_betas temperatures and
-extrapolated linearly to the evaluation's 10000. Extrapolated figures are marked so.
+extrapolated linearly to the evaluation's 10000. Extrapolated figures are marked so. Both parts use every device
+of the process, as the evaluation does (one batch per device; AIS's chains split over them): on a CPU,
+XLA_FLAGS=--xla_force_host_platform_device_count=N gives N devices.
 
 Each timed figure carries the `measured` record of its timed part (wall and process CPU seconds, 1-minute load
 before and after); the document carries the matmul peak measured first in the same process (`pvpp.bench.peak`).
@@ -88,12 +90,13 @@ def main(argv: list[str] | None = None) -> dict:
 def _run(config, batch_size, num_samples, chunk_size, target_samples, ais_betas, quick) -> dict:
     model = PixelVAEPP(config)
     rng = np.random.default_rng(0)
-    images = (rng.uniform(size=(batch_size,) + config.image_shape) < 0.3).astype(np.uint8)
-    x = jnp.asarray(images, jnp.float32) * 2.0 - 1.0
+    num_images = batch_size * jax.local_device_count()  # one batch per device
+    images = (rng.uniform(size=(num_images,) + config.image_shape) < 0.3).astype(np.uint8)
+    x = jnp.asarray(images[:batch_size], jnp.float32) * 2.0 - 1.0
     # Random weights of the right shapes (the pass's cost does not depend on their values): no init to compile.
     params = random_variables(lambda x: model.init(jax.random.key(0), x, jax.random.key(1)), x)["params"]
     num_params = int(sum(p.size for p in jax.tree.leaves(params)))
-    indices = np.arange(batch_size)
+    indices = np.arange(num_images)
 
     def iwae_pass(seed):
         return evaluate.importance_weighted_pass(
@@ -112,7 +115,7 @@ def _run(config, batch_size, num_samples, chunk_size, target_samples, ais_betas,
         raise RuntimeError("the IWAE pass produced non-finite values")
     times, iwae_record = measured(lambda: [timed(lambda: iwae_pass(seed))[1] for seed in (1, 2)])
     batch_seconds = float(min(times))
-    per_image = batch_seconds / batch_size
+    per_image = batch_seconds / num_images
     per_image_target = per_image * target_samples / num_samples
 
     prior = rbm_params(params)
@@ -120,7 +123,7 @@ def _run(config, batch_size, num_samples, chunk_size, target_samples, ais_betas,
 
     def run_ais(seed):
         result = ais.ais_log_partition(
-            prior, jax.random.key(seed), num_chains=ais_chains, num_betas=ais_betas
+            prior, jax.random.key(seed), num_chains=ais_chains, num_betas=ais_betas, devices=jax.devices()
         )
         return result.log_partition
 
@@ -130,16 +133,18 @@ def _run(config, batch_size, num_samples, chunk_size, target_samples, ais_betas,
     ais_eval_seconds = ais_seconds * (EVAL_AIS_BETAS - 1) / (ais_betas - 1)
 
     run = {
+        "devices": jax.device_count(),
         "model": config.to_dict(),
         "num_params": num_params,
         "batch_size": batch_size,
+        "images_per_round": num_images,
         "num_samples": num_samples,
         "chunk_size": chunk_size,
         "compile_seconds_including_first_run": compile_seconds,
         "batch_seconds": batch_seconds,
         "measurement": iwae_record,
         "seconds_per_image": per_image,
-        "decoder_up_passes_per_second": batch_size * num_samples / batch_seconds,
+        "decoder_up_passes_per_second": num_images * num_samples / batch_seconds,
         "target_samples": target_samples,
         "seconds_per_image_at_target": per_image_target,
         "extrapolated": target_samples != num_samples,
@@ -158,14 +163,16 @@ def _run(config, batch_size, num_samples, chunk_size, target_samples, ais_betas,
     }
     hours = run["test_set_hours_at_target"]
     log(
-        f"IWAE: {per_image:.2f} s per image at k = {num_samples} (batch {batch_size}, chunk {chunk_size}, "
+        f"IWAE on {jax.device_count()} device(s): {per_image:.2f} s per image at k = {num_samples} (batch "
+        f"{batch_size} per device, chunk {chunk_size}, "
         f"{run['decoder_up_passes_per_second']:.0f} up passes/s, compile {compile_seconds:.0f} s); "
         f"k = {target_samples}: {per_image_target:.1f} s per image -> Caltech-101 test "
         f"{hours['caltech101_silhouettes']:.1f} h, MNIST test {hours['mnist']:.1f} h"
         f"{' (extrapolated)' if run['extrapolated'] else ''}"
     )
     log(
-        f"AIS ({ais_chains} chains): {ais_seconds:.1f} s for {ais_betas} temperatures -> "
+        f"AIS ({ais_chains} chains on {jax.device_count()} device(s)): {ais_seconds:.1f} s for {ais_betas} "
+        "temperatures -> "
         f"{ais_eval_seconds:.0f} s for {EVAL_AIS_BETAS}"
     )
     return run
