@@ -16,7 +16,7 @@ over a mesh of one device per process (`to_replicated` / `from_replicated`); orb
 0 once, and every process reads it back.
 
 Failure. `pvpp.liveness` watches the processes through the coordination service's key-value store: when one
-dies, hangs or stops on an error, the others stop within `heartbeat_timeout` (at once for an error) with a
+dies, freezes or stops on an error, the others stop within `heartbeat_timeout` (at once for an error) with a
 message naming it. JAX's coordination service is the backstop, with twice that timeout. A process that stops
 on an error of its own says so and exits without the shutdown barrier (`pvpp.experiments.errors`).
 """
@@ -114,7 +114,7 @@ def initialize(config: DistributedConfig) -> None:
             "JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo (or jax.config.update('jax_cpu_collectives_implementation', "
             "'gloo') before the backend starts)"
         )
-    liveness.start(config.heartbeat_timeout)
+    liveness.start(config.heartbeat_timeout, config.shutdown_timeout)
 
 
 def is_primary() -> bool:

@@ -11,10 +11,10 @@ per dimension, nll / (H * W * C * ln 2).
 Order of work (`evaluate`):
 1. log Z of the RBM prior: AIS with the evaluation effort (`EvalConfig.ais`, an `AISConfig`; 10x the periodic training
    estimate, e.g. 10000 temperatures) or exact enumeration (small RBMs). AIS gives an interval
-   [lower, upper] = log Z_0 + log(mean(w) -/+ 3 std(w) / sqrt(M)) over its M chains, which are split over every
-   device of every process.
+   [lower, upper] = log Z_0 + log(mean(w) -/+ 3 std(w) / sqrt(M)) over its M chains, which are split over the
+   process's devices (with `across_processes`, as the evaluation command runs: every device of every process).
 2. The importance-weighted pass over the test images (`importance_weighted_pass`): batches of `batch_size`
-   images, one per device on every device of every process at once, compiled once per batch shape;
+   images, one per device on every local device (and, with `across_processes`, of every process) at once, compiled once per batch shape;
    `chunk_size` latent samples decoded at a time so memory stays bounded (batch_size * chunk_size decoder
    passes in flight per device). It computes everything except log Z: the per-image estimate of
    log p~(x) = log p(x) + log Z ("unnormalized").
@@ -45,7 +45,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
 import numpy as np
@@ -151,10 +151,14 @@ def evaluate(
     *,
     progress: bool = False,
     key: jax.Array | None = None,
+    across_processes: bool = False,
 ) -> Evaluation:
     """Evaluates `params` ('params' collection, e.g. the EMA parameters) on data-space images.
 
-    key: the root key of the evaluation's streams; None means jax.random.key(config.seed).
+    key: the root key of the evaluation's streams; None means jax.random.key(config.seed). across_processes:
+    the processes of a multi-process run share the work (AIS's chains over all their devices, the images in
+    whole batches) and all get the result; every process must then make the same call. False: this process's
+    devices only.
 
     images: [N, H, W, C] uint8: {0, 1} for the Bernoulli likelihood (already binarized, see `evaluation_images`),
         0..255 for the logistic mixture. example_indices: [N] each image's index in its split (its key stream).
@@ -165,7 +169,8 @@ def evaluate(
     check_log_partition_method(model_config, config.log_partition)
     root = jax.random.key(config.seed) if key is None else key
     start = time.perf_counter()
-    log_z = estimate_log_partition(model_config, params, config, keys.stream(root, "log_partition"))
+    devices = jax.devices() if across_processes else jax.local_devices()
+    log_z = estimate_log_partition(model_config, params, config, keys.stream(root, "log_partition"), devices)
     if log_z is not None:
         logging.info(
             "log Z (%s) = %.4f in [%.4f, %.4f] (%.1f s)", log_z.method, log_z.estimate, log_z.lower, log_z.upper,
@@ -174,7 +179,7 @@ def evaluate(
     unnormalized = importance_weighted_pass(
         model_config, params, images, example_indices, keys.stream(root, "importance_samples"),
         num_samples=config.num_importance_samples, chunk_size=config.chunk_size, batch_size=config.batch_size,
-        progress=progress,
+        progress=progress, across_processes=across_processes,
     )
     per_image = per_image_arrays(unnormalized, log_z, example_indices)
     return Evaluation(summarize(model_config, per_image, log_z), per_image)
@@ -191,9 +196,10 @@ def evaluate_split(
     validation_size: int | None = None,
     parameters: Mapping[str, Any] | None = None,
     progress: bool = False,
+    across_processes: bool = False,
 ) -> Evaluation:
     """Loads `config.split` of `dataset`, picks the images (`select_examples`), binarizes them (`evaluation_images`)
-    and runs `evaluate`. data_dir, variant, validation_size: as `pvpp.data.load` (data_dir None: env PVPP_DATA_DIR).
+    and runs `evaluate` (across_processes as there). data_dir, variant, validation_size: as `pvpp.data.load` (data_dir None: env PVPP_DATA_DIR).
     The summary also records the data set, the binarization, `parameters` (where they came from), the model
     configuration and the settings, so that the JSON says how every number was produced."""
     split_data = load_split(dataset, config.split, data_dir=data_dir, variant=variant, validation_size=validation_size)
@@ -203,7 +209,9 @@ def evaluate_split(
         )
     indices = select_examples(len(split_data), config.num_examples, config.seed)
     images, binarization = evaluation_images(split_data, indices, config.seed)
-    result = evaluate(model_config, params, images, indices, config, progress=progress)
+    result = evaluate(
+        model_config, params, images, indices, config, progress=progress, across_processes=across_processes
+    )
     summary = {
         "dataset": dataset,
         "split": config.split,
@@ -222,14 +230,20 @@ def evaluate_split(
 
 
 def estimate_log_partition(
-    model_config: ModelConfig, params: Any, config: EvalConfig, key: jax.Array
+    model_config: ModelConfig,
+    params: Any,
+    config: EvalConfig,
+    key: jax.Array,
+    devices: Sequence[jax.Device] | None = None,
 ) -> LogPartition | None:
     """log Z of an unnormalised prior by `config.log_partition` ('ais' with `config.ais`, its chains split over
-    every device of every process, or 'exact'); None for normalised priors."""
+    `devices`: None is this process's devices; all processes' must be the same list on every process), or
+    'exact'); None for normalised priors."""
     prior = make_prior(model_config)
     prior.check_log_partition(config.log_partition)
     result = prior.log_partition(
-        prior.prior_params(params), key, method=config.log_partition, ais=config.ais, devices=jax.devices()
+        prior.prior_params(params), key, method=config.log_partition, ais=config.ais,
+        devices=jax.local_devices() if devices is None else devices,
     )
     if result is None:
         return None

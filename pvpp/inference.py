@@ -100,15 +100,15 @@ class LoadedModel:
     def log_partition(
         self, key: jax.Array, *, method: str = "ais", ais: AISConfig = AISConfig()
     ) -> LogPartition | None:
-        """log Z of the prior (nats; None for normalised priors): AIS with `ais`, its chains split over every
-        device (as `log_likelihood` does), or exact enumeration."""
+        """log Z of the prior (nats; None for normalised priors): AIS with `ais`, its chains split over this
+        process's devices (as `log_likelihood` does), or exact enumeration."""
         prior = self.prior
         return prior.log_partition(
             prior.prior_params(self.params),
             keys.stream(key, "log_partition"),
             method=method,
             ais=ais,
-            devices=jax.devices(),
+            devices=jax.local_devices(),
         )
 
     def log_likelihood(

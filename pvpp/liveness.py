@@ -1,25 +1,29 @@
-"""Every process of a multi-process run says that it is alive and watches the others, so that when one dies,
-hangs or stops on an error the others stop within a bounded time with a pvpp message naming it, instead of
+"""Every process of a multi-process run says that it is alive and watches the others, so that when one dies, is
+frozen or stops on an error the others stop within a bounded time with a pvpp message naming it, instead of
 waiting in a collective:
 
-    pvpp: process 0 of 2: process 1 has not answered for 5 s (killed, crashed or hung): stopping too
+    pvpp: process 0 of 2: process 1 has not answered for 5 s (killed, crashed or frozen): stopping too
 
 How. A daemon thread of each process writes a counter under `pvpp/alive/<process>` in the key-value store of JAX's
-coordination service (`jax.distributed`) every `period` seconds and reads the others' entries. A process whose
-counter has not changed for `timeout` seconds counts as dead; one whose entry says 'failed' stopped on an
-error of its own (`mark_failed`, called by `pvpp.experiments.errors` before it exits) and ends the others at
-once. When the service itself cannot be reached for `timeout` seconds, process 0, which hosts it, is gone.
-At normal exit each process writes 'done' and waits, still watching, until every other one is done too; only
-then does JAX's own shutdown barrier run (which no longer waits for a dead process).
+coordination service (`jax.distributed`) every `period` seconds and reads the others' entries (each process
+reads all N, so the service answers N^2 small reads per period). A process whose counter has not changed for
+`timeout` seconds counts as dead; one whose entry says 'failed' stopped on an error of its own (`mark_failed`,
+called by `pvpp.experiments.errors` before it exits) and ends the others at once. When the service itself
+cannot be reached for `timeout` seconds, process 0, which hosts it, is gone. The heartbeat comes from its own
+thread, so a process whose main thread deadlocks while the interpreter runs still counts as alive.
+
+At normal exit each process writes 'done' and waits, still watching, until every other one is done too (at most
+`shutdown_timeout` seconds; then it names those that are not and exits with status 1); only then does JAX's own
+shutdown barrier run. A process that exits on an uncaught exception writes 'failed' instead, without waiting.
 
 JAX's coordination service also stops the survivors of a dead process, with a crash report of its own, after
-its heartbeat timeout: `initialize` sets that to `backstop_timeout(timeout)`, twice pvpp's, so pvpp's message
-comes first. When process 0 dies JAX's client may still be first: its report then says that it lost the
-coordination service.
+its heartbeat timeout: `pvpp.distributed.initialize` sets that to `backstop_timeout(timeout)`, twice pvpp's, when
+the watch can run, so pvpp's message comes first. When process 0 dies JAX's client is first: its report says
+that it lost the coordination service.
 
 The key-value store is reached through `jax._src.distributed.global_state.client` (JAX has no public handle on
-it; orbax reaches it the same way). Where that is missing, `start` logs a warning and JAX's heartbeats alone
-stop the run.
+it; orbax reaches it the same way). Where that is missing (`available()` is False), the watch is off and JAX's
+heartbeats alone stop the run, after `timeout`.
 """
 
 from __future__ import annotations
@@ -44,12 +48,17 @@ DONE, FAILED = "done", "failed"
 _LOST_PEER_SIGNS = ("closed by peer", "reset by peer", "Connection refused", "Broken pipe")
 
 
+def available() -> bool:
+    """Whether this JAX has the key-value store the watch uses (checked before `jax.distributed.initialize`)."""
+    return hasattr(_jax_distributed, "global_state")
+
+
 def backstop_timeout(timeout: int) -> int:
     """The heartbeat timeout (s) to give JAX's coordination service when pvpp watches with `timeout`."""
-    return 2 * timeout
+    return 2 * timeout if available() else timeout
 
 
-def start(timeout: float, period: float | None = None) -> "Watch | None":
+def start(timeout: float, shutdown_timeout: float, period: float | None = None) -> "Watch | None":
     """Starts this process's watch of the others (see the module docstring); None with one process or without
     JAX's key-value store. period: seconds between heartbeats (default min(1, timeout / 5))."""
     if jax.process_count() <= 1:
@@ -61,41 +70,55 @@ def start(timeout: float, period: float | None = None) -> "Watch | None":
         )
         return None
     global _WATCH
-    _WATCH = Watch(client, jax.process_index(), jax.process_count(), timeout, period or min(1.0, timeout / 5))
+    period = period or min(1.0, timeout / 5)
+    _WATCH = Watch(client, jax.process_index(), jax.process_count(), timeout, shutdown_timeout, period)
     _WATCH.start()
     atexit.register(_WATCH.finish)  # after jax.distributed's own hook, so it runs before that one
     return _WATCH
 
 
 def mark_failed() -> None:
-    """Tells the other processes that this one stops on an error (they stop at once); nothing without a watch."""
+    """Tells the other processes that this one stops on an error (they stop at once); nothing without a watch.
+    Process 0 hosts the key-value store, so it waits two periods for the others to read the news first."""
     if _WATCH is not None:
         _WATCH.announce(FAILED)
+        if _WATCH.process == 0:
+            time.sleep(2 * _WATCH.period)
 
 
 def await_verdict_on(error: BaseException) -> None:
     """When `error` looks like a collective that lost its peer (gloo's 'Connection reset / closed by peer'),
-    waits up to the watch's timeout for the watch to name the process that died, and end this one with that
-    message; returns at once for other errors or without a watch."""
+    waits up to the watch's timeout for the watch to name the process that died and end this one with that
+    message. Returns at once for other errors or without a watch, and as soon as every other process is seen
+    alive after the error (the error was something else)."""
     text = str(error)
     if _WATCH is None or not any(sign in text for sign in _LOST_PEER_SIGNS):
         return
     logging.warning(
         "a collective lost its peer; waiting up to %g s to learn which process died", _WATCH.timeout
     )
-    time.sleep(_WATCH.timeout + 3 * _WATCH.period)
+    since = time.monotonic()
+    while time.monotonic() - since < _WATCH.timeout + 3 * _WATCH.period:
+        time.sleep(_WATCH.period)
+        if _WATCH.all_alive_since(since + _WATCH.period):
+            return
 
 
 class Watch:
     """The heartbeat and watch thread of one process (use `start`)."""
 
-    def __init__(self, client, process: int, count: int, timeout: float, period: float):
+    def __init__(
+        self, client, process: int, count: int, timeout: float, shutdown_timeout: float, period: float
+    ):
         self.client, self.process, self.count = client, process, count
-        self.timeout, self.period = timeout, period
+        self.timeout, self.shutdown_timeout, self.period = timeout, shutdown_timeout, period
         self._state = "0"
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._all_done = threading.Event()
+        self._others = [p for p in range(count) if p != process]
+        self._last_change = {p: time.monotonic() for p in self._others}
+        self._last_value: dict[int, str | None] = {}
         self._thread = threading.Thread(target=self._run, name="pvpp-liveness", daemon=True)
 
     def start(self) -> None:
@@ -111,49 +134,73 @@ class Watch:
             except Exception:  # noqa: BLE001 - the store may be gone already; the others then notice the silence
                 pass
 
+    def all_alive_since(self, moment: float) -> bool:
+        """Whether every other process's entry changed after `moment` (time.monotonic) or says DONE."""
+        return all(self._last_change[p] > moment or self._last_value.get(p) == DONE for p in self._others)
+
     def finish(self) -> None:
-        """At normal exit: DONE, then wait (still watching) until every process is done; then stop the thread."""
+        """At exit: FAILED after an uncaught exception; otherwise DONE, then wait (still watching, at most
+        `shutdown_timeout` s) until every process is done, and stop the thread."""
         if not self._thread.is_alive():
             return
+        if getattr(sys, "last_value", None) is not None:  # the interpreter printed an uncaught exception
+            self.announce(FAILED)
+            return
         self.announce(DONE)
+        deadline = time.monotonic() + self.shutdown_timeout
         while not self._all_done.wait(self.period) and self._thread.is_alive():
-            pass
+            if time.monotonic() > deadline:
+                waiting = [p for p in self._others if self._last_value.get(p) != DONE]
+                self._stop_run(
+                    f"processes {waiting} did not finish within {self.shutdown_timeout:g} s of this one"
+                )
         self._stop.set()
         self._thread.join(timeout=2 * self.period)
 
     def _run(self) -> None:
-        last_change = {p: time.monotonic() for p in range(self.count) if p != self.process}
-        last_value: dict[int, str] = {}
         unreachable_since = None
         beat = 0
         while not self._stop.wait(self.period):
+            if getattr(_jax_distributed.global_state, "client", None) is not self.client:
+                return  # jax.distributed.shutdown() ran: nothing left to watch
             beat += 1
             now = time.monotonic()
             try:
                 self._beat(beat)
-                entries = dict(self.client.key_value_dir_get(PREFIX))
+                entries = self.client.key_value_dir_get(PREFIX)
             except Exception as err:  # noqa: BLE001 - every failure to reach the service counts as silence
                 unreachable_since = unreachable_since or now
                 if now - unreachable_since > self.timeout:
+                    first_line = (str(err).splitlines() or [""])[0][:200]
                     self._stop_run(
                         f"the coordination service (process 0) has not answered for {self.timeout:g} s "
-                        f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})"
+                        f"({type(err).__name__}: {first_line})"
                     )
                 continue
             unreachable_since = None
-            values = {int(key.rsplit("/", 1)[1]): value for key, value in entries.items()}
-            for other in last_change:
-                value = values.get(other)
-                if value == FAILED:
-                    self._stop_run(f"process {other} stopped on an error (its log says which)")
-                if value != last_value.get(other):
-                    last_value[other], last_change[other] = value, now
-                elif value != DONE and now - last_change[other] > self.timeout:
-                    self._stop_run(
-                        f"process {other} has not answered for {self.timeout:g} s (killed, crashed or hung)"
-                    )
-            if self._state == DONE and all(values.get(p) == DONE for p in last_change):
-                self._all_done.set()
+            try:
+                self._check(entries, now)
+            except Exception as err:  # noqa: BLE001 - a bug here must not silence the heartbeat
+                logging.warning("pvpp's process watch skipped a check: %s: %s", type(err).__name__, err)
+
+    def _check(self, entries, now: float) -> None:
+        values = {}
+        for key, value in entries:
+            name = key.rsplit("/", 1)[-1]
+            if name.isdigit():
+                values[int(name)] = value
+        for other in self._others:
+            value = values.get(other)
+            if value == FAILED:
+                self._stop_run(f"process {other} stopped on an error (its log says which)")
+            if value != self._last_value.get(other):
+                self._last_value[other], self._last_change[other] = value, now
+            elif value != DONE and now - self._last_change[other] > self.timeout:
+                self._stop_run(
+                    f"process {other} has not answered for {self.timeout:g} s (killed, crashed or frozen)"
+                )
+        if self._state == DONE and all(values.get(p) == DONE for p in self._others):
+            self._all_done.set()
 
     def _beat(self, beat: int) -> None:
         with self._lock:

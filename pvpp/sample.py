@@ -339,14 +339,15 @@ def posterior_latents(config: ModelConfig, variables: Any, x: jax.Array, key: ja
 
 def decode_latents(
     config: ModelConfig, variables: Any, z: jax.Array, key: jax.Array, *, decodes_per_latent: int, batch_size: int,
-    sampler: str = "cached", devices: Sequence[jax.Device] | None = None,
+    sampler: str = "cached", devices: Sequence[jax.Device] | None = None, across_processes: bool = False,
 ) -> jax.Array:
     """Decodes every latent S = decodes_per_latent times: z [N, K] -> images [N, S, H, W, C] in model space.
 
     Batch b of `batch_size` images uses the key stream of fold_in(key, b); sampler as in `model_sampler`. The
-    batches are independent: with several processes each decodes its share (`distributed.process_part`), and a
-    process runs up to one batch per local device (or per device of `devices`, this process's) at once, the
-    same per-device program on any layout; every process gets every image."""
+    batches are independent: a process runs up to one batch per local device (or per device of `devices`, this
+    process's) at once, the same per-device program on any layout. across_processes: the processes of a
+    multi-process run share the batches (`distributed.process_part`) and every one gets every image; every
+    process must then make the same call. False: this process decodes everything alone."""
     num = z.shape[0]
     if z.ndim != 2 or z.shape[1] != config.num_latents:
         raise ValueError(f"z must be [N, {config.num_latents}], got {z.shape}")
@@ -354,7 +355,8 @@ def decode_latents(
     repeated = np.repeat(np.asarray(z), decodes_per_latent, axis=0)  # [N * S, K], latent n at rows n*S .. n*S + S-1
     batch = min(batch_size, total)
     num_batches = -(-total // batch)
-    mine = distributed.process_part(num_batches, 1)  # this process's batches (the last repeated as padding)
+    # This process's batches (the last repeated as padding when the processes share them).
+    mine = distributed.process_part(num_batches, 1) if across_processes else np.arange(num_batches)
     devices = tuple(jax.local_devices() if devices is None else devices)[: len(mine)]
     run = _device_sampler(config.replace(dropout_rate=0.0), sampler, devices)
     replicated = replicate(variables, device_sharding(devices))
@@ -366,7 +368,8 @@ def decode_latents(
         rows = (batches[:, None] * batch + np.arange(batch)).clip(max=total - 1)  # pad the last batch
         outputs.append(run(replicated, pixel_keys, repeated[rows]))
     images = np.concatenate([np.asarray(out).reshape((-1,) + config.image_shape) for out in outputs])
-    images = distributed.gather_parts({"images": images[: len(mine) * batch]}, num_batches * batch)["images"]
+    if across_processes:
+        images = distributed.gather_parts({"images": images[: len(mine) * batch]}, num_batches * batch)["images"]
     return jnp.asarray(images[:total]).reshape((num, decodes_per_latent) + config.image_shape)
 
 
@@ -378,9 +381,10 @@ def _device_sampler(config: ModelConfig, sampler: str, devices: tuple[jax.Device
 
 
 def generate_from_prior(
-    config: ModelConfig, params: Any, key: jax.Array, sample_config: SampleConfig
+    config: ModelConfig, params: Any, key: jax.Array, sample_config: SampleConfig, *, across_processes: bool = False
 ) -> dict[str, np.ndarray]:
     """Prior samples (Figures 5-7): {'latents' [R, K], 'images' [R, S, H, W, C] model space, 'order' [R]}.
+    across_processes: as `decode_latents`.
 
     'order' is the energy-distance row order (`sort_by_energy_distance`); images[order] is the sorted figure.
     """
@@ -391,17 +395,19 @@ def generate_from_prior(
     images = decode_latents(
         config, {"params": params}, z, keys.stream(key, "prior_decode"),
         decodes_per_latent=sample_config.decodes_per_latent, batch_size=sample_config.batch_size,
-        sampler=sample_config.sampler,
+        sampler=sample_config.sampler, across_processes=across_processes,
     )
     _, order = sort_by_energy_distance(images)
     return {"latents": np.asarray(z), "images": np.asarray(images), "order": order}
 
 
 def reconstruct(
-    config: ModelConfig, params: Any, x: jax.Array, key: jax.Array, sample_config: SampleConfig
+    config: ModelConfig, params: Any, x: jax.Array, key: jax.Array, sample_config: SampleConfig, *,
+    across_processes: bool = False,
 ) -> dict[str, np.ndarray]:
     """Reconstructions (Figures 2-4) of x [N, H, W, C] (model space): {'latents' [N, K], 'images' [N, S, H, W, C],
-    'order' [N]}: one z ~ q(z | x) per image, decoded S = decodes_per_image times."""
+    'order' [N]}: one z ~ q(z | x) per image, decoded S = decodes_per_image times. across_processes: as
+    `decode_latents`."""
     if not make_prior(config).num_latents:
         raise ValueError(f"prior {config.prior!r} (plain PixelCNN++) has no latents to reconstruct from")
     variables = {"params": params}
@@ -409,7 +415,7 @@ def reconstruct(
     images = decode_latents(
         config, variables, z, keys.stream(key, "reconstruction_decode"),
         decodes_per_latent=sample_config.decodes_per_image, batch_size=sample_config.batch_size,
-        sampler=sample_config.sampler,
+        sampler=sample_config.sampler, across_processes=across_processes,
     )
     _, order = sort_by_energy_distance(images)
     return {"latents": np.asarray(z), "images": np.asarray(images), "order": order}

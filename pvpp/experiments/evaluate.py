@@ -154,6 +154,7 @@ def execute(argv: list[str]) -> dict:
             config,
             parameters=source.inference.source,
             progress=FLAGS.progress,
+            across_processes=True,  # every process runs this command: they share the work
             **source.data_options,
         )
     except ValueError as err:  # data that does not fit the settings (e.g. --num_examples beyond the split)

@@ -112,7 +112,7 @@ def execute(argv: list[str]) -> dict[str, str]:
 
     start = time.perf_counter()
     root = jax.random.key(config.seed)
-    prior = sample.generate_from_prior(model_config, params, root, config)
+    prior = sample.generate_from_prior(model_config, params, root, config, across_processes=True)
     logging.info(
         "prior samples: %d x %d in %.1f s (%s sampler)",
         config.num_latents,
@@ -123,7 +123,7 @@ def execute(argv: list[str]) -> dict[str, str]:
     reconstructions = None
     if inputs is not None:
         reconstructions = sample.reconstruct(
-            model_config, params, to_model_space(model_config, inputs), root, config
+            model_config, params, to_model_space(model_config, inputs), root, config, across_processes=True
         )
     if not distributed.is_primary():
         return {}  # the processes shared the decoding and all hold every image; process 0 writes them
