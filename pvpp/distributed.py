@@ -128,11 +128,6 @@ def is_multiprocess() -> bool:
     return jax.distributed.is_initialized() and jax.process_count() > 1
 
 
-def describe_process() -> str:
-    """'process I of N' for messages; an empty string in a single-process run."""
-    return f"process {jax.process_index()} of {jax.process_count()}" if is_multiprocess() else ""
-
-
 def global_devices(per_process: int) -> tuple[jax.Device, ...]:
     """The first `per_process` local devices of every process, process 0's first (pmap's device order: global
     device i * per_process + j is device j of process i). ValueError if a process has fewer."""

@@ -104,6 +104,17 @@ def await_verdict_on(error: BaseException) -> None:
             return
 
 
+def exit_process(message: str) -> None:
+    """Ends this process of a multi-process run at once (`os._exit(1)`, no shutdown barrier) with
+    `pvpp: process I of N: message` as its last line."""
+    where = f"process {jax.process_index()} of {jax.process_count()}"
+    logging.error("%s: %s", where, message)
+    sys.stdout.flush()
+    sys.stderr.write(f"pvpp: {where}: {message}\n")
+    sys.stderr.flush()
+    os._exit(1)
+
+
 class Watch:
     """The heartbeat and watch thread of one process (use `start`)."""
 
@@ -209,12 +220,7 @@ class Watch:
                 self.client.key_value_set(PREFIX + str(self.process), self._state, allow_overwrite=True)
 
     def _stop_run(self, reason: str) -> None:
-        where = f"process {self.process} of {self.count}"
-        logging.error("%s: %s: stopping too", where, reason)
-        sys.stdout.flush()
-        sys.stderr.write(f"pvpp: {where}: {reason}: stopping too\n")
-        sys.stderr.flush()
-        os._exit(1)
+        exit_process(f"{reason}: stopping too")
 
 
 _WATCH: Watch | None = None

@@ -75,13 +75,8 @@ def _exit(message: str) -> None:
     module docstring), naming this process."""
     if not distributed.is_multiprocess():
         sys.exit(f"pvpp: {message}")
-    where = distributed.describe_process()
     liveness.mark_failed()
-    logging.error("%s stops: %s", where, message)
-    sys.stdout.flush()
-    sys.stderr.write(f"pvpp: {where}: {message}\n")
-    sys.stderr.flush()
-    os._exit(1)
+    liveness.exit_process(message)
 
 
 def _log_thread_failure(args: threading.ExceptHookArgs) -> None:
