@@ -59,8 +59,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def processes(module: str, flags: list[str], *, num_processes: int, devices: int, logs):
-    """Starts `python -m module` as `num_processes` processes with `devices` CPU devices each; yields the Popen
+def processes(module: str, flags: list[str], *, num_processes: int, devices: int, logs, code: str | None = None):
+    """Starts `python -m module` (or `python -c code`, named `module`) as `num_processes` processes with `devices`
+    CPU devices each, the start-up flags of the run first (so that `flags` can override them); yields the Popen
     list; kills whatever still runs on the way out. logs: a folder for their output."""
     port, started = free_port(), []
     env = dict(
@@ -80,10 +81,11 @@ def processes(module: str, flags: list[str], *, num_processes: int, devices: int
                     f"--process_id={index}",
                     f"--heartbeat_timeout={HEARTBEAT}",
                 ]
-            log = open(os.path.join(logs, f"{module.rsplit('.', 1)[1]}_{port}_{index}.log"), "w+")
+            log = open(os.path.join(logs, f"{module.rsplit('.', 1)[-1]}_{port}_{index}.log"), "w+")
+            program = ["-m", module] if code is None else ["-c", code]
             started.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", module, *flags, *extra],
+                    [sys.executable, *program, *extra, *flags],
                     cwd=REPO,
                     env=env,
                     stdout=log,
@@ -116,6 +118,13 @@ def finish(started, timeout: float) -> list[str]:
             pytest.fail(f"process {index} did not end within {timeout} s:\n{output(process)[-3000:]}")
         assert process.returncode == 0, f"process {index} failed:\n{output(process)[-3000:]}"
     return [output(process) for process in started]
+
+
+def on_one_and_two_processes(module: str, flags_of, logs) -> None:
+    """Runs `python -m module` with flags_of(count) on 1 process x 8 devices, then on 2 processes x 4."""
+    for count in (1, 2):
+        with processes(module, flags_of(count), num_processes=count, devices=8 // count, logs=logs) as started:
+            finish(started, 300)
 
 
 def train(workdir, data_dir, num_processes: int, devices: int, logs, timeout: float = 300, extra=()) -> list[str]:
@@ -205,10 +214,10 @@ def test_two_processes_train_like_one_stop_together_when_one_is_killed_resume_ev
 
     # Evaluation over 8 devices: 1 process x 8 or 2 x 4, each process its share of the images (one batch per
     # device) and AIS's chains split over all 8; process 0 writes the same JSON as one process.
-    results = {}
-    for count in (1, 2):
-        results[count] = tmp_path / f"eval_{count}.json"
-        flags = [
+    results = {count: tmp_path / f"eval_{count}.json" for count in (1, 2)}
+    on_one_and_two_processes(
+        "pvpp.experiments.evaluate",
+        lambda count: [
             f"--workdir={workdir}",
             f"--output={results[count]}",
             "--num_importance_samples=4",
@@ -217,17 +226,17 @@ def test_two_processes_train_like_one_stop_together_when_one_is_killed_resume_ev
             "--ais_num_chains=16",
             "--ais_num_betas=20",
             "--progress=false",
-        ]
-        with processes("pvpp.experiments.evaluate", flags, num_processes=count, devices=8 // count, logs=logs) as ps:
-            finish(ps, 300)
+        ],
+        logs,
+    )
     assert results[1].read_text() == results[2].read_text()
     assert sorted(p.name for p in tmp_path.glob("eval_2.*")) == ["eval_2.json", "eval_2.npz"]
 
     # Samples: the batches shared over the devices of both processes; the same images as one process.
-    outputs = {}
-    for count in (1, 2):
-        outputs[count] = tmp_path / f"samples_{count}"
-        flags = [
+    outputs = {count: tmp_path / f"samples_{count}" for count in (1, 2)}
+    on_one_and_two_processes(
+        "pvpp.experiments.sample",
+        lambda count: [
             f"--workdir={workdir}",
             f"--output_dir={outputs[count]}",
             "--num_latents=3",
@@ -236,9 +245,9 @@ def test_two_processes_train_like_one_stop_together_when_one_is_killed_resume_ev
             "--decodes_per_image=2",
             "--num_gibbs_sweeps=10",
             "--batch_size=1",
-        ]
-        with processes("pvpp.experiments.sample", flags, num_processes=count, devices=8 // count, logs=logs) as ps:
-            finish(ps, 300)
+        ],
+        logs,
+    )
     with np.load(outputs[1] / "samples.npz") as one, np.load(outputs[2] / "samples.npz") as two:
         assert sorted(one.files) == sorted(two.files)
         for name in one.files:
@@ -247,23 +256,26 @@ def test_two_processes_train_like_one_stop_together_when_one_is_killed_resume_ev
 
 FAILING_PROGRAM = """
 import sys, time
+import jax
 import numpy as np
+from absl import flags
 from jax.experimental import multihost_utils
-from pvpp import distributed
-from pvpp.experiments import errors
+from pvpp.experiments import errors, processes
 
-port, index, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-distributed.initialize(distributed.DistributedConfig(
-    coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=index, heartbeat_timeout=60))
+FLAGS = flags.FlagValues()
+processes.define_flags(FLAGS)
+flags.DEFINE_string("mode", None, "stopping_error or uncaught", flag_values=FLAGS)
+FLAGS(sys.argv)
+processes.start(FLAGS)  # as the entry points start
 
 def work():
     for step in range(100000):
         multihost_utils.process_allgather(np.ones(3))
-        if index == 1 and step == 3:
+        if jax.process_index() == 1 and step == 3:
             raise FileNotFoundError("no such file: the data")
         time.sleep(0.05)
 
-if mode == "uncaught":  # a script of the user's own: the exception reaches the interpreter
+if FLAGS.mode == "uncaught":  # a script of the user's own: the exception reaches the interpreter
     work()
 errors.exit_on_stopping_errors(work)
 """
@@ -273,22 +285,14 @@ errors.exit_on_stopping_errors(work)
 def test_a_process_that_stops_on_an_error_stops_the_others_at_once_naming_it(tmp_path, mode):
     """Far sooner than the 60 s heartbeat timeout: the failing process tells the others before it exits (pvpp's
     error exit, or at interpreter exit after an uncaught exception)."""
-    port, env = free_port(), dict(os.environ, JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
-    logs = [open(tmp_path / f"{i}.log", "w+") for i in range(2)]
-    started = [
-        subprocess.Popen([sys.executable, "-c", FAILING_PROGRAM, str(port), str(i), mode], cwd=REPO, env=env,
-                         stdout=logs[i], stderr=subprocess.STDOUT)
-        for i in range(2)
-    ]
-    try:
+    flags = [f"--mode={mode}", "--heartbeat_timeout=60"]
+    with processes("failing", flags, num_processes=2, devices=1, logs=tmp_path, code=FAILING_PROGRAM) as started:
         for process in started:
-            process.wait(timeout=50)
-    finally:
-        for process, log in zip(started, logs):
-            process.kill()
-            process.wait()
-            log.close()
-    texts = [(tmp_path / f"{i}.log").read_text() for i in range(2)]
+            try:
+                process.wait(timeout=50)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"process {started.index(process)} still runs:\n{output(process)[-2000:]}")
+        texts = [output(process) for process in started]
     assert started[0].returncode == 1 and started[1].returncode != 0, texts
     if mode == "stopping_error":
         assert "pvpp: process 1 of 2: FileNotFoundError: no such file: the data" in texts[1], texts[1][-2000:]
