@@ -89,18 +89,24 @@ def test_flag_file_builds_valid_configs(flag_file, tmp_path, monkeypatch):
         assert train_config.batch_size == 128
 
 
-def test_cpu_budget_variants_differ_only_in_the_prior(tmp_path, monkeypatch):
-    """The Caltech-101 CPU comparison: same decoder, encoders, latents, data, optimiser and budget; only the prior
-    (and the RBM's own settings) changes."""
+@pytest.mark.parametrize(
+    "study, entry, dataset",
+    [("caltech101_cpu_budget", "caltech101", "caltech101_silhouettes"),
+     ("mnist_static_cpu_budget", "mnist", "binarized_mnist")],
+)
+def test_cpu_budget_variants_differ_only_in_the_prior(tmp_path, monkeypatch, study, entry, dataset):
+    """The CPU-budget comparisons (Caltech-101, statically binarized MNIST): same decoder, encoders, latents, data,
+    optimiser and budget; only the prior (and the RBM's own settings) changes; validation on the validation split."""
     monkeypatch.chdir(ROOT)
-    module = importlib.import_module("pvpp.experiments.caltech101")
+    module = importlib.import_module(f"pvpp.experiments.{entry}")
     configs = {}
     for variant in ("rbm", "gaussian", "pixelcnn"):
-        flag_file = ROOT / "experiments" / f"caltech101_cpu_budget_{variant}.flags"
+        flag_file = ROOT / "experiments" / f"{study}_{variant}.flags"
         flag_values = parse(module, [f"--flagfile={flag_file}", f"--workdir={tmp_path / variant}"])
         configs[variant] = common.configs_from_flags(flag_values, module.MODEL_DEFAULTS)[:3]
     assert {v: c[0].prior for v, c in configs.items()} == {"rbm": "rbm", "gaussian": "gaussian", "pixelcnn": "none"}
     rbm_model, rbm_train, rbm_data = configs["rbm"]
+    assert rbm_data.name == dataset and rbm_data.eval_split == "validation"
     assert rbm_model.num_latents == 128 and rbm_model.rbm_num_left == 64 and rbm_train.sweeps_per_step == 5
     for variant in ("gaussian", "pixelcnn"):
         model_config, train_config, data_config = configs[variant]
