@@ -1,4 +1,4 @@
-"""Test-set evaluation (DESIGN.md sections 6-7): importance-weighted log-likelihood, log Z, KL, in nats or bits/dim.
+"""Test-set evaluation: importance-weighted log-likelihood, log Z, KL, in nats or bits/dim.
 
 For every test image x, with k hard samples z_j ~ q(z | x) (Burda et al. 2016):
 
@@ -9,18 +9,22 @@ prior 'none' is plain PixelCNN++, whose log-likelihood is exact). Units: nats pe
 per dimension, nll / (H * W * C * ln 2).
 
 Order of work (`evaluate`):
-1. log Z of the RBM prior: AIS with the evaluation effort (`EvalConfig.ais`, an `AISConfig`; 10x the periodic training
-   estimate, e.g. 10000 temperatures) or exact enumeration (small RBMs). AIS gives an interval
-   [lower, upper] = log Z_0 + log(mean(w) -/+ 3 std(w) / sqrt(M)) over its M chains, which are split over the
-   process's devices (with `across_processes`, as the evaluation command runs: every device of every process).
+1. log Z of the RBM prior: AIS with the evaluation effort (`EvalConfig.ais`, an `AISConfig`; by default the 'cpu'
+   preset of `pvpp.priors.ais.PRESETS`) or exact enumeration (small RBMs). Forward AIS (its chains split over the
+   process's devices; with `across_processes`, as the evaluation command runs, every device of every process)
+   is low in expectation; reverse AIS (`pvpp.priors.reverse_ais`, from the preset's start states) is high in
+   expectation when its start states are samples of the RBM. Each has its spread
+   log Z_0 + log(mean(w) -/+ 3 std(w) / sqrt(M)) over its M chains.
 2. The importance-weighted pass over the test images (`importance_weighted_pass`): batches of `batch_size`
    images, one per device on every local device (and, with `across_processes`, of every process) at once, compiled once per batch shape;
    `chunk_size` latent samples decoded at a time so memory stays bounded (batch_size * chunk_size decoder
    passes in flight per device). It computes everything except log Z: the per-image estimate of
    log p~(x) = log p(x) + log Z ("unnormalized").
-3. log Z is subtracted. Because every image's LL is log p~(x) - log Z, the log Z interval maps one-to-one to
-   an LL interval: LL in [log p~(x) - upper, log p~(x) - lower]. The interval states the AIS estimator's
-   spread only: it cannot see modes that AIS missed, and an underestimated log Z overestimates the LL.
+3. log Z is subtracted: the per-image LL uses the forward estimate, as the paper does. Because every image's LL
+   is log p~(x) - log Z, log Z bounds map one-to-one to LL bounds: the two directions give
+   LL in [IWAE - reverse estimate, IWAE - forward estimate] (and, widened by each estimator's 3-s.e. spread,
+   [IWAE - reverse upper end, IWAE - forward lower end]). The IWAE term is itself a lower bound on log p~(x)
+   that rises to it with k, so the interval's upper end is reached only once the IWAE term has converged.
 
 Randomness (`pvpp.keys`). One root key `jax.random.key(seed)`; log Z draws from its stream 'log_partition',
 and image number i of the split (its index in the split, not in the batch) from
@@ -41,9 +45,7 @@ Parameters: the EMA (Polyak) parameters of a training run, or an exported parame
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import time
 from typing import Any, Mapping, NamedTuple, Sequence
 
@@ -51,7 +53,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from pvpp import data, keys
+from pvpp import data, keys, results
 from pvpp.iwae_pass import (  # noqa: F401  (re-exported: the pass is part of the evaluation's interface)
     PER_IMAGE,
     check_example_images,
@@ -62,6 +64,7 @@ from pvpp.iwae_pass import (  # noqa: F401  (re-exported: the pass is part of th
 from pvpp.likelihoods import make_likelihood
 from pvpp.model import ModelConfig
 from pvpp.priors import AISConfig, make_prior
+from pvpp.priors.ais import PRESETS as AIS_PRESETS
 from pvpp.priors.base import LOG_PARTITION_METHODS
 from pvpp.validation import check_choice, check_int
 
@@ -69,6 +72,13 @@ SUBSET_STREAM = 2
 #: The most latent samples decoded at once per image when no chunk size is given (`default_chunk_size`).
 DEFAULT_MAX_CHUNK = 100  # numpy spawn key of the subset draw (pvpp.data.binarize uses 0 and 1 for its streams)
 
+BOUNDS_MEANING = (
+    "log_partition.estimate is forward AIS (low in expectation); log_partition.reverse.estimate is reverse AIS "
+    "(high in expectation when its start states are samples of the RBM; reverse.start says where they came from). "
+    "negative_log_likelihood_bounds = [forward - mean log p~(x), reverse - mean log p~(x)] (nats); "
+    "..._bounds_with_spread widens each end by its estimator's 3-s.e. spread. The IWAE term mean log p~(x) is a "
+    "lower bound on the true value that rises with k, so the NLL's lower end is reached only at convergence in k."
+)
 INTERVAL_MEANING = (
     "log_partition.lower/upper = log Z_0 + log(mean(w) -/+ 3 std(w)/sqrt(M)) over the M AIS chains: the spread of "
     "the AIS estimator only (it cannot see modes AIS missed). Every LL is log p~(x) - log Z, so the log-likelihood "
@@ -87,7 +97,7 @@ class EvalConfig:
     num_examples: evaluate a fixed random subset of this many images of the split (None: all of it).
     seed: root of every random stream (latent samples, AIS, subset, the fixed binarization).
     log_partition: 'ais' or 'exact' (enumeration; the RBM's smaller side must have <= 24 units).
-    ais: the AIS effort (`pvpp.priors.AISConfig`; 10x the periodic training estimate by default).
+    ais: the AIS effort, forward and reverse (`pvpp.priors.AISConfig`; default: the 'cpu' preset).
     """
 
     split: str = "test"
@@ -97,7 +107,7 @@ class EvalConfig:
     num_examples: int | None = None
     seed: int = 0
     log_partition: str = "ais"
-    ais: AISConfig = AISConfig(num_chains=1000, num_betas=10000)
+    ais: AISConfig = AIS_PRESETS["cpu"]
 
     def __post_init__(self):
         check_choice(self.split, "split", data.SPLITS)
@@ -120,15 +130,21 @@ class EvalConfig:
         return dataclasses.asdict(self)
 
 
-class LogPartition(NamedTuple):
-    """log Z of an unnormalised prior as evaluation reports it (nats, floats): how it was computed, the estimate
-    and its interval (equal to it for exact enumeration; `pvpp.priors.LogPartition` holds the same as arrays)."""
+class LogPartitionSummary(NamedTuple):
+    """log Z of an unnormalised prior as evaluation reports it (nats, floats; `pvpp.priors.LogPartition` holds
+    the arrays): the method, the forward estimate and its spread, and the reverse estimate, its spread and its
+    start states (None without reverse AIS). Exact enumeration: every value is log Z."""
 
     method: str
     estimate: float
     lower: float
     upper: float
     effective_sample_size: float | None
+    reverse_estimate: float | None = None
+    reverse_lower: float | None = None
+    reverse_upper: float | None = None
+    reverse_effective_sample_size: float | None = None
+    reverse_start: str | None = None
 
 
 class Evaluation(NamedTuple):
@@ -235,7 +251,7 @@ def estimate_log_partition(
     config: EvalConfig,
     key: jax.Array,
     devices: Sequence[jax.Device] | None = None,
-) -> LogPartition | None:
+) -> LogPartitionSummary | None:
     """log Z of an unnormalised prior by `config.log_partition` ('ais' with `config.ais`, its chains split over
     `devices`: None is this process's devices; all processes' must be the same list on every process), or
     'exact'); None for normalised priors."""
@@ -247,8 +263,21 @@ def estimate_log_partition(
     )
     if result is None:
         return None
-    ess = None if result.effective_sample_size is None else float(result.effective_sample_size)
-    return LogPartition(config.log_partition, float(result.estimate), float(result.lower), float(result.upper), ess)
+    def scalar(value):
+        return None if value is None else float(value)
+
+    return LogPartitionSummary(
+        config.log_partition,
+        float(result.estimate),
+        float(result.lower),
+        float(result.upper),
+        scalar(result.effective_sample_size),
+        scalar(result.reverse_estimate),
+        scalar(result.reverse_lower),
+        scalar(result.reverse_upper),
+        scalar(result.reverse_effective_sample_size),
+        result.reverse_start,
+    )
 
 
 def default_chunk_size(num_samples: int) -> int:
@@ -262,7 +291,7 @@ def check_log_partition_method(model_config: ModelConfig, method: str) -> None:
 
 
 def per_image_arrays(
-    unnormalized: Mapping[str, np.ndarray], log_z: LogPartition | None, example_indices: np.ndarray
+    unnormalized: Mapping[str, np.ndarray], log_z: LogPartitionSummary | None, example_indices: np.ndarray
 ) -> dict[str, np.ndarray]:
     """Per-image results with log Z applied: 'log_likelihood', 'elbo', 'kl', 'reconstruction' (nats, [N]),
     'log_likelihood_unnormalized' and 'example_indices' ([N] int64, index in the split)."""
@@ -278,25 +307,32 @@ def per_image_arrays(
 
 
 def summarize(
-    model_config: ModelConfig, per_image: Mapping[str, np.ndarray], log_z: LogPartition | None
+    model_config: ModelConfig, per_image: Mapping[str, np.ndarray], log_z: LogPartitionSummary | None
 ) -> dict[str, Any]:
     """Means over the images: 'nats' block (per image) and, for RGB, a 'bits_per_dim' block with the same keys.
 
     Keys of a block: negative_log_likelihood, its standard_error (over images: test-set sampling, not the
-    estimator's bias), negative_log_likelihood_interval [low, high] (from the log Z interval), negative_elbo,
-    kl, reconstruction. 'headline' names the paper's unit ('nats' binary, 'bits/dim' RGB) and value.
+    estimator's bias), negative_log_likelihood_interval [low, high] (from the forward estimate's spread),
+    negative_log_likelihood_bounds and ..._bounds_with_spread (from forward and reverse AIS, see BOUNDS_MEANING;
+    null without reverse AIS), negative_elbo, kl, reconstruction. 'headline' names the paper's unit ('nats' binary, 'bits/dim' RGB) and value.
     """
     num = per_image["log_likelihood"].shape[0]
     mean_unnormalized = float(np.mean(per_image["log_likelihood_unnormalized"]))
+    bounds = bounds_with_spread = None
     if log_z is None:
-        interval = (-mean_unnormalized, -mean_unnormalized)
+        interval = bounds = bounds_with_spread = (-mean_unnormalized, -mean_unnormalized)
     else:
         interval = (log_z.lower - mean_unnormalized, log_z.upper - mean_unnormalized)
+        if log_z.reverse_estimate is not None:
+            bounds = (log_z.estimate - mean_unnormalized, log_z.reverse_estimate - mean_unnormalized)
+            bounds_with_spread = (log_z.lower - mean_unnormalized, log_z.reverse_upper - mean_unnormalized)
     nll = -per_image["log_likelihood"]
     nats = dict(
         negative_log_likelihood=float(np.mean(nll)),
         standard_error=float(np.std(nll, ddof=1) / math.sqrt(num)) if num > 1 else None,
         negative_log_likelihood_interval=list(interval),
+        negative_log_likelihood_bounds=None if bounds is None else list(bounds),
+        negative_log_likelihood_bounds_with_spread=None if bounds_with_spread is None else list(bounds_with_spread),
         negative_elbo=float(-np.mean(per_image["elbo"])),
         kl=float(np.mean(per_image["kl"])),
         reconstruction=float(np.mean(per_image["reconstruction"])),
@@ -313,8 +349,14 @@ def summarize(
     if log_z is None:
         summary["log_partition"] = None
     else:
-        summary["log_partition"] = _finite_or_none(log_z._asdict())
+        values = log_z._asdict()
+        reverse = {name[len("reverse_"):]: values.pop(name) for name in list(values) if name.startswith("reverse_")}
+        summary["log_partition"] = {
+            **_finite_or_none(values),
+            "reverse": None if reverse["estimate"] is None else _finite_or_none(reverse),
+        }
         summary["interval_meaning"] = INTERVAL_MEANING
+        summary["bounds_meaning"] = BOUNDS_MEANING
     return summary
 
 
@@ -365,16 +407,9 @@ def evaluation_images(split_data, example_indices: np.ndarray, seed: int) -> tup
 # Output
 
 
-def write_results(path, summary: Mapping[str, Any], per_image: Mapping[str, np.ndarray]) -> tuple[str, str]:
-    """Writes the summary as JSON (`path`) and the per-image arrays next to it (same name, .npz). Returns both."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2, sort_keys=False, allow_nan=False)
-        f.write("\n")
-    arrays_path = os.path.splitext(path)[0] + ".npz"
-    np.savez_compressed(arrays_path, **{name: np.asarray(value) for name, value in per_image.items()})
-    return path, arrays_path
+def write_results(path, summary: Mapping[str, Any], per_image: Mapping[str, np.ndarray], *, overwrite=False):
+    """The JSON summary and the per-image .npz as one atomic, never-mixed pair (`pvpp.results.write_results`)."""
+    return results.write_results(path, summary, per_image, overwrite=overwrite)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -385,7 +420,7 @@ def _scaled(block: Mapping[str, Any], scale: float) -> dict[str, Any]:
     out = {}
     for name, value in block.items():
         if isinstance(value, list):
-            out[name] = [v * scale for v in value]
+            out[name] = [None if v is None else v * scale for v in value]
         else:
             out[name] = None if value is None else value * scale
     return out

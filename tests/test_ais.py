@@ -7,37 +7,7 @@ import pytest
 
 from pvpp.priors import ais, rbm
 
-
-def _random_params(seed, num_left, num_right, scale):
-    rng = np.random.default_rng(seed)
-    return rbm.RBMParams(
-        jnp.asarray(rng.normal(size=num_left) * 0.5, jnp.float32),
-        jnp.asarray(rng.normal(size=num_right) * 0.5, jnp.float32),
-        jnp.asarray(scale * rng.normal(size=(num_left, num_right)), jnp.float32),
-    )
-
-
-def _planted_params(seed, num_left, num_right, num_patterns, coupling):
-    """A Hopfield-like RBM with 2 * num_patterns modes zL = (1 +- p_k) / 2.
-
-    In spin variables s = 2 z - 1 the energy is -s_L^T J s_R with J = coupling * sum_k pL_k pR_k^T
-    (random +-1 patterns); rewritten for 0/1 units: W = 4 J, a = -2 J 1, b = -2 J^T 1 (plus a constant).
-    The flip s -> -s of both sides is a symmetry, so the modes +p_k and -p_k have exactly equal mass."""
-    rng = np.random.default_rng(seed)
-    patterns_left = rng.choice([-1.0, 1.0], (num_patterns, num_left))
-    patterns_right = rng.choice([-1.0, 1.0], (num_patterns, num_right))
-    coupling_matrix = coupling * patterns_left.T @ patterns_right
-    params = rbm.RBMParams(
-        jnp.asarray(-2.0 * coupling_matrix.sum(1), jnp.float32),
-        jnp.asarray(-2.0 * coupling_matrix.sum(0), jnp.float32),
-        jnp.asarray(4.0 * coupling_matrix, jnp.float32),
-    )
-    return params, patterns_left
-
-
-def _exact(params):
-    with jax.enable_x64(True):
-        return float(rbm.exact_log_partition(jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), params)))
+from helpers import exact_log_partition as _exact, planted_rbm as _planted_params, random_rbm as _random_params
 
 
 @pytest.mark.parametrize(

@@ -189,6 +189,9 @@ def test_evaluation_refuses_another_data_set_unless_asked(tmp_path):
     assert evaluate_command.default_output(
         str(workdir), "mnist", evaluate_command.eval_config_from_flags()
     ).endswith("eval/mnist_test_k1000_seed0.json")
+    assert evaluate_command.default_output(
+        str(workdir), "mnist", evaluate_command.eval_config_from_flags(), "step20"
+    ).endswith("eval/mnist_test_k1000_seed0_step20.json")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from absl import app, logging
 
 from pvpp import checkpoint, distributed, liveness
 from pvpp.data.raw import DataFileError
+from pvpp.results import InconsistentResultError, ResultExistsError
 from pvpp.workdir import WorkdirBusyError, WorkdirConflictError
 
 STOPPING_ERRORS = (
@@ -31,6 +32,8 @@ STOPPING_ERRORS = (
     checkpoint.CorruptCheckpointError,
     checkpoint.CheckpointMismatchError,
     DataFileError,
+    ResultExistsError,
+    InconsistentResultError,
     FileNotFoundError,
     PermissionError,
     FloatingPointError,

@@ -1,19 +1,25 @@
 """Test-set evaluation of a trained PixelVAE++ (the paper's Table 1): IWAE log-likelihood, log Z by AIS, KL.
 
     python -m pvpp.experiments.evaluate --workdir=WORKDIR [--split=test] [--num_importance_samples=1000]
-        [--checkpoint=EXPORT_DIR] [--num_examples=N] [--seed=0] [--output=results.json]
+        [--checkpoint=EXPORT_DIR] [--num_examples=N] [--seed=0] [--ais_preset=cpu|paper] [--output=results.json]
 
 Uses the workdir's EMA parameters (or --checkpoint), dropout off. Writes a JSON summary (nats per image; RGB
-also bits/dim; log Z with its AIS interval and the log-likelihood interval it implies; every setting used) and
-the per-image values (.npz, same name) to --output, by default
-<workdir>/eval/<dataset>_<split>_k<k>[_n<num_examples>]_seed<seed>.json. See pvpp/evaluate.py for the method and
-the conventions (fixed binarization of dynamically binarized test sets, key streams, subsets).
+also bits/dim; log Z from forward and reverse AIS and the log-likelihood bounds they imply; every setting used)
+and the per-image values (.npz, named in the JSON) to --output, by default
+<workdir>/eval/<dataset>_<split>_k<k>[_n<num_examples>]_seed<seed>_<parameters>.json, where <parameters> is
+step<N> for a workdir's parameters and params-<digest> for an export given with --checkpoint. An existing
+result with other content is never replaced unless --overwrite is given. See pvpp/evaluate.py for the method
+and the conventions (fixed binarization of dynamically binarized test sets, key streams, subsets).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
+import shlex
+import sys
 import time
 
 from absl import app, flags, logging
@@ -21,7 +27,8 @@ from absl import app, flags, logging
 from pvpp import distributed, evaluate
 from pvpp.experiments import inference_common, processes
 from pvpp.experiments.errors import exit_on_stopping_errors, quiet_orbax_logs
-from pvpp.priors import AISConfig
+from pvpp.integrity import fingerprints
+from pvpp.priors.ais import PRESETS as AIS_PRESETS
 
 FLAGS = flags.FlagValues()
 _DEFAULTS = evaluate.EvalConfig()
@@ -70,18 +77,34 @@ flags.DEFINE_enum(
     "log Z of the RBM prior: AIS, or exact enumeration (small RBMs).",
     flag_values=FLAGS,
 )
-flags.DEFINE_integer("ais_num_chains", _DEFAULTS.ais.num_chains, "AIS chains.", flag_values=FLAGS)
+flags.DEFINE_enum(
+    "ais_preset",
+    "cpu",
+    list(AIS_PRESETS),
+    "AIS effort: 'cpu' (1000 chains x 10,000 temperatures x 1 sweep, forward and reverse) or 'paper' (50,000 x "
+    "10,000 x 50, for a GPU); the --ais_* flags below override single settings of it.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer("ais_num_chains", None, "AIS chains (default: the preset's).", flag_values=FLAGS)
+flags.DEFINE_integer("ais_num_betas", None, "AIS inverse temperatures (default: the preset's).", flag_values=FLAGS)
 flags.DEFINE_integer(
-    "ais_num_betas",
-    _DEFAULTS.ais.num_betas,
-    "AIS inverse temperatures (10x the training-time estimate).",
+    "ais_sweeps_per_beta", None, "Gibbs sweeps per temperature (default: the preset's).", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "ais_schedule", None, "'linear' or 'dense_near_one' (default: the preset's).", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "ais_reverse_start",
+    None,
+    "Start states of reverse AIS: 'forward_ais', 'gibbs', 'exact' (small RBMs) or 'none' (default: the preset's).",
     flag_values=FLAGS,
 )
 flags.DEFINE_integer(
-    "ais_sweeps_per_beta", _DEFAULTS.ais.sweeps_per_beta, "Gibbs sweeps per temperature.", flag_values=FLAGS
+    "ais_reverse_start_sweeps", None, "Gibbs sweeps applied to the reverse start states (default: the preset's).",
+    flag_values=FLAGS,
 )
-flags.DEFINE_string(
-    "ais_schedule", _DEFAULTS.ais.schedule, "'linear' or 'dense_near_one'.", flag_values=FLAGS
+flags.DEFINE_bool(
+    "overwrite", False, "Replace an existing result file that holds another result.", flag_values=FLAGS
 )
 flags.DEFINE_bool("progress", True, "Show a progress bar over the images.", flag_values=FLAGS)
 
@@ -96,13 +119,13 @@ def eval_config_from_flags(flag_values: flags.FlagValues = FLAGS) -> evaluate.Ev
         chunk = evaluate.default_chunk_size(k)
     elif chunk < 1 or k % chunk:
         raise app.UsageError(f"--chunk_size ({chunk}) must be >= 1 and divide --num_importance_samples ({k})")
+    overrides = {
+        name: getattr(flag_values, f"ais_{name}")
+        for name in ("num_chains", "num_betas", "sweeps_per_beta", "schedule", "reverse_start", "reverse_start_sweeps")
+        if getattr(flag_values, f"ais_{name}") is not None
+    }
     try:
-        ais = AISConfig(
-            num_chains=flag_values.ais_num_chains,
-            num_betas=flag_values.ais_num_betas,
-            sweeps_per_beta=flag_values.ais_sweeps_per_beta,
-            schedule=flag_values.ais_schedule,
-        )
+        ais = AIS_PRESETS[flag_values.ais_preset].replace(**overrides)
     except (ValueError, TypeError) as err:
         raise app.UsageError(f"--ais_{err}") from err  # the messages start with the field name
     try:
@@ -120,11 +143,22 @@ def eval_config_from_flags(flag_values: flags.FlagValues = FLAGS) -> evaluate.Ev
         raise app.UsageError(f"--{err}") from err  # the messages start with the field (= flag) name
 
 
-def default_output(workdir: str, dataset: str, config: evaluate.EvalConfig) -> str:
-    """`<workdir>/eval/<dataset>_<split>_k<k>[_n<num_examples>]_seed<seed>.json`."""
+def default_output(workdir: str, dataset: str, config: evaluate.EvalConfig, parameters_id: str = "") -> str:
+    """`<workdir>/eval/<dataset>_<split>_k<k>[_n<num_examples>]_seed<seed>[_<parameters_id>].json`."""
     subset = "" if config.num_examples is None else f"_n{config.num_examples}"
-    name = f"{dataset}_{config.split}_k{config.num_importance_samples}{subset}_seed{config.seed}.json"
+    suffix = f"_{parameters_id}" if parameters_id else ""
+    name = f"{dataset}_{config.split}_k{config.num_importance_samples}{subset}_seed{config.seed}{suffix}.json"
     return os.path.join(workdir, "eval", name)
+
+
+def parameters_id(source: dict, params, explicit_checkpoint: bool) -> str:
+    """What was evaluated, for the file name: 'step<N>' for a workdir's parameters, 'params-<digest>' (12 hex
+    digits of the parameters' integrity record) for an export named with --checkpoint or without a step."""
+    step = source.get("step")
+    if step is not None and not explicit_checkpoint:
+        return f"step{int(step)}"
+    record = json.dumps(fingerprints(params), sort_keys=True).encode()
+    return "params-" + hashlib.sha256(record).hexdigest()[:12]
 
 
 def main(argv: list[str]) -> None:
@@ -144,7 +178,11 @@ def execute(argv: list[str]) -> dict:
         evaluate.check_log_partition_method(source.inference.model_config, config.log_partition)
     except ValueError as err:
         raise app.UsageError(f"--{err}") from err
-    output = FLAGS.output or default_output(inference_common.results_dir(FLAGS), source.dataset, config)
+    identity = parameters_id(source.inference.source, source.inference.params, FLAGS.checkpoint is not None)
+    output = FLAGS.output or default_output(inference_common.results_dir(FLAGS), source.dataset, config, identity)
+    evaluate.results.check_replaceable(
+        output, {"settings": config.to_dict(), "parameters_id": identity}, overwrite=FLAGS.overwrite
+    )
     start = time.perf_counter()
     try:
         result = evaluate.evaluate_split(
@@ -161,7 +199,13 @@ def execute(argv: list[str]) -> dict:
         raise app.UsageError(str(err)) from err
     if not distributed.is_primary():
         return result.summary  # every process has the results; process 0 writes them
-    json_path, arrays_path = evaluate.write_results(output, result.summary, result.per_image)
+    summary = {
+        **result.summary,
+        "ais_preset": FLAGS.ais_preset,
+        "parameters_id": identity,
+        "command": " ".join(["python -m pvpp.experiments.evaluate"] + [shlex.quote(a) for a in argv_of_run()]),
+    }
+    json_path, arrays_path = evaluate.write_results(output, summary, result.per_image, overwrite=FLAGS.overwrite)
     seconds = time.perf_counter() - start
     headline = result.summary["headline"]
     logging.info(
@@ -175,12 +219,21 @@ def execute(argv: list[str]) -> dict:
         json_path,
         arrays_path,
     )
-    print(_describe(result.summary, seconds, json_path))
-    return result.summary
+    print(_describe(summary, seconds, json_path))
+    return summary
+
+
+def argv_of_run() -> list[str]:
+    """The flags this run was given (recorded in the result as the command that made it)."""
+    return list(_ARGV[1:])
+
+
+_ARGV: list[str] = list(sys.argv)
 
 
 def run(argv: list[str]) -> dict:
     """Parses argv (argv[0] is the program name) and runs: the in-process equivalent of the command."""
+    _ARGV[:] = list(argv)
     return execute(inference_common.parse_flags(FLAGS, argv, __doc__))
 
 
@@ -197,11 +250,16 @@ def _describe(summary: dict, seconds: float, path: str) -> str:
         lines.append(f"  NLL {_fmt(summary['bits_per_dim']['negative_log_likelihood'])} bits/dim")
     if summary.get("log_partition"):
         log_z = summary["log_partition"]
-        low, high = nats["negative_log_likelihood_interval"]
         lines.append(
-            f"  log Z ({log_z['method']}) {_fmt(log_z['estimate'])} in [{_fmt(log_z['lower'])}, {_fmt(log_z['upper'])}]"
-            f" -> NLL in [{_fmt(low)}, {_fmt(high)}] nats"
+            f"  log Z forward AIS {_fmt(log_z['estimate'])} (spread [{_fmt(log_z['lower'])}, {_fmt(log_z['upper'])}])"
         )
+        if log_z.get("reverse"):
+            reverse = log_z["reverse"]
+            low, high = nats["negative_log_likelihood_bounds"]
+            lines.append(
+                f"  log Z reverse AIS {_fmt(reverse['estimate'])} (from {reverse['start']} states)"
+                f" -> NLL in [{_fmt(low)}, {_fmt(high)}] nats"
+            )
     lines.append(f"  results: {path}")
     return "\n".join(lines)
 

@@ -69,19 +69,31 @@ SCHEDULES = ("linear", "dense_near_one")
 @dataclasses.dataclass(frozen=True)
 class AISConfig:
     """The effort of one use of AIS: M chains, K inverse temperatures (both ends included), Gibbs sweeps per
-    temperature, the schedule. Training's periodic log Z, the RBM's AIS negative phase and the evaluation
-    command each hold one; `run(params, key)` is `ais_log_partition` with these settings."""
+    temperature, the schedule, and whether reverse AIS (`pvpp.priors.reverse_ais`) bounds log Z from above too.
+    Training's periodic log Z, the RBM's AIS negative phase and the evaluation command each hold one;
+    `run(params, key)` is `ais_log_partition` with these settings; `reverse_ais.two_sided_log_partition` adds
+    the reverse run.
+
+    reverse_start: 'none' (forward only), or where the M reverse chains start: 'forward_ais' (the forward run's
+    final states resampled by weight, then `reverse_start_sweeps` block-Gibbs sweeps), 'gibbs'
+    (`reverse_start_sweeps` sweeps from uniform states) or 'exact' (enumeration; small RBMs). The reverse run
+    uses the same M, K, sweeps and schedule. `PRESETS` holds the named evaluation settings.
+    """
 
     num_chains: int = 100
     num_betas: int = 1000
     sweeps_per_beta: int = 1
     schedule: str = "linear"
+    reverse_start: str = "none"
+    reverse_start_sweeps: int = 1000
 
     def __post_init__(self):
         check_int(self.num_chains, "num_chains", 1)
         check_int(self.num_betas, "num_betas", 2)
         check_int(self.sweeps_per_beta, "sweeps_per_beta", 0)
         check_choice(self.schedule, "schedule", SCHEDULES)
+        check_choice(self.reverse_start, "reverse_start", ("none", "exact", "forward_ais", "gibbs"))
+        check_int(self.reverse_start_sweeps, "reverse_start_sweeps", 0)
 
     def replace(self, **changes) -> AISConfig:
         return dataclasses.replace(self, **changes)
@@ -101,6 +113,15 @@ class AISConfig:
             schedule=self.schedule,
             devices=devices,
         )
+
+
+#: Named evaluation settings (`python -m pvpp.experiments.evaluate --ais_preset=NAME`). 'cpu': the default, sized
+#: for this project's 2-core CPU; 'paper': Sadeghi et al.'s evaluation (ten times their training setting:
+#: 50,000 chains x 10,000 temperatures x 50 sweeps per temperature), sized for a GPU. Both add reverse AIS.
+PRESETS = {
+    "cpu": AISConfig(num_chains=1000, num_betas=10000, sweeps_per_beta=1, reverse_start="forward_ais"),
+    "paper": AISConfig(num_chains=50000, num_betas=10000, sweeps_per_beta=50, reverse_start="forward_ais"),
+}
 
 
 class AISResult(NamedTuple):

@@ -42,17 +42,25 @@ NEGATIVE_PHASES = ("pcd", "ais")
 
 
 class LogPartition(NamedTuple):
-    """log Z of an unnormalised prior (nats, scalars): the estimate and an interval around it.
+    """log Z of an unnormalised prior (nats, scalars): the estimate, an interval around it, and, when reverse AIS
+    ran, a second estimate from above.
 
-    AIS: lower / upper = log Z_0 + log(mean(w) -/+ 3 std(w) / sqrt(M)) over its M chains (the estimator's
-    spread only), effective_sample_size in [1, M]. Exact enumeration: lower = upper = estimate, and
-    effective_sample_size None.
+    AIS: estimate = forward AIS (low in expectation); lower / upper = log Z_0 + log(mean(w) -/+ 3 std(w) /
+    sqrt(M)) over its M chains (the estimator's spread only), effective_sample_size in [1, M]. reverse_estimate
+    (high in expectation when its start states are exact samples), reverse_lower / reverse_upper its spread,
+    reverse_effective_sample_size, and reverse_start (where its chains started) are None without reverse AIS.
+    Exact enumeration: every estimate and end equals log Z, effective sample sizes None.
     """
 
     estimate: jax.Array
     lower: jax.Array
     upper: jax.Array
     effective_sample_size: jax.Array | None
+    reverse_estimate: jax.Array | None = None
+    reverse_lower: jax.Array | None = None
+    reverse_upper: jax.Array | None = None
+    reverse_effective_sample_size: jax.Array | None = None
+    reverse_start: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,9 +36,12 @@ from jax import lax
 from pvpp.relax import bernoulli_sample
 from pvpp.validation import check_int, is_traced
 
-# Energies, free energies and log Z are sums of hundreds of terms that AIS differences and log Z gradients
-# rely on: keep float32 matmuls at full precision on accelerators (TF32 / bf16 passes would cost ~1e-3
-# relative per term). Sampling conditionals use the default precision: that error is far below sampling noise.
+# Every float32 matmul of the RBM runs at full precision on every backend: energies, free energies and log Z
+# (sums of hundreds of terms that AIS differences and log Z gradients rely on), and the sampling conditionals
+# (`right_field`, `left_field`) of block Gibbs, AIS, reverse AIS and training's persistent chains. With the
+# default precision a recent NVIDIA GPU computes float32 matmuls in TF32 (10-bit mantissa): the conditionals
+# would then be those of a perturbed RBM, the transitions would not leave the annealed distributions invariant,
+# and AIS would be biased. On a CPU both precisions are the same computation.
 EXACT = lax.Precision.HIGHEST
 
 #: Largest side that `exact_log_partition` enumerates (2^24 states).
@@ -263,13 +266,13 @@ def _log_partition_by_enumeration(
 
 
 def right_field(params: RBMParams, z_left: jax.Array) -> jax.Array:
-    """b + W^T zL: [..., nL] -> [..., nR]."""
-    return jnp.matmul(z_left, params.weights) + lift(params.right_bias, z_left.ndim)
+    """b + W^T zL: [..., nL] -> [..., nR] (full precision)."""
+    return jnp.matmul(z_left, params.weights, precision=EXACT) + lift(params.right_bias, z_left.ndim)
 
 
 def left_field(params: RBMParams, z_right: jax.Array) -> jax.Array:
-    """a + W zR: [..., nR] -> [..., nL]."""
-    return jnp.matmul(z_right, params.weights.T) + lift(params.left_bias, z_right.ndim)
+    """a + W zR: [..., nR] -> [..., nL] (full precision)."""
+    return jnp.matmul(z_right, params.weights.T, precision=EXACT) + lift(params.left_bias, z_right.ndim)
 
 
 def _uniform_states(key: jax.Array, shape: tuple[int, ...], dtype) -> jax.Array:

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from pvpp.priors import rbm
+from pvpp.priors import rbm, reverse_ais
 from pvpp.priors.ais import AISConfig, AISResult
 from pvpp.priors.base import LogPartition, NegativePhaseConfig, Prior, required_latents
 from pvpp.priors.posteriors import BernoulliPosterior
@@ -137,13 +137,22 @@ class RBMPrior(Prior):
         self.check_log_partition(method)
         if method == "exact":
             value = rbm.exact_log_partition(prior_params)
-            return LogPartition(value, value, value, None)
-        result = ais.run(prior_params, key, devices=devices)
-        return LogPartition(
-            result.log_partition,
-            result.log_partition_lower,
-            result.log_partition_upper,
-            result.effective_sample_size,
+            return LogPartition(value, value, value, None, value, value, value, None, "exact enumeration")
+        forward, reverse = reverse_ais.two_sided_log_partition(ais, prior_params, key, devices=devices)
+        result = LogPartition(
+            forward.log_partition,
+            forward.log_partition_lower,
+            forward.log_partition_upper,
+            forward.effective_sample_size,
+        )
+        if reverse is None:
+            return result
+        return result._replace(
+            reverse_estimate=reverse.log_partition,
+            reverse_lower=reverse.log_partition_lower,
+            reverse_upper=reverse.log_partition_upper,
+            reverse_effective_sample_size=reverse.effective_sample_size,
+            reverse_start=ais.reverse_start,
         )
 
     def sample(self, prior_params, key, num, *, num_sweeps=1) -> jax.Array:
