@@ -1,6 +1,7 @@
 """pvpp: PixelVAE++ (Sadeghi et al. 2019) in JAX / Flax Linen.
 
     m = pvpp.load("runs/caltech101_rbm")   # a trained run or an export: see pvpp.inference
+    m = pvpp.load("zoo:caltech101-rbm-cpubudget")   # a model shipped with pvpp: see pvpp.zoo
 """
 
 import importlib

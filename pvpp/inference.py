@@ -1,10 +1,12 @@
 """One call from a trained run to everything a notebook needs: `pvpp.load(path)`.
 
     m = pvpp.load("runs/caltech101_rbm")          # a workdir (its newest EMA parameters) or an export directory
+    m = pvpp.load("zoo:caltech101-rbm-cpubudget") # a zoo entry (`pvpp.zoo`), verified, its card in m.card
     z = m.encode(key, images)                     # uint8 [B, H, W, C] in -> hard latents [B, K]
     recon = m.reconstruct(key, images, decodes=4) # uint8 [B, 4, H, W, C]
     x = m.sample(key, num=16)                     # uint8 [16, H, W, C] from the prior
     ll = m.log_likelihood(key, images, num_samples=100)   # nats per image [B] (log Z by AIS for the RBM)
+    ll = m.log_likelihood(key, images, log_partition="card")  # a zoo entry's recorded log Z (or pass a float)
 
 Images go in and come out in data space: uint8, {0, 1} for binary models (binarize grey levels first, e.g.
 with `pvpp.data.binarize_dynamically`), 0..255 for RGB; the model-space mapping is done here. Randomness comes from
@@ -24,11 +26,18 @@ import numpy as np
 from pvpp import evaluate, keys, sample, workdir
 from pvpp.model import ModelConfig, to_model_space
 from pvpp.priors import AISConfig, LogPartition, make_prior
+from pvpp.zoo import access as zoo_access, registry as zoo_registry
+
+#: The prefix of a zoo entry's name in `load`.
+ZOO_PREFIX = "zoo:"
 
 
 def load(path: str | os.PathLike) -> LoadedModel:
-    """A training workdir (it has config.json: the newest of its export and its latest good checkpoint's EMA) or
-    an exported parameter directory (`<workdir>/ema_params`, `workdir.export_for_inference`) -> LoadedModel."""
+    """A training workdir (it has config.json: the newest of its export and its latest good checkpoint's EMA),
+    an exported parameter directory (`<workdir>/ema_params`, `workdir.export_for_inference`) or 'zoo:NAME' (a
+    `pvpp.zoo` entry, 'NAME' or 'NAME@rN', verified; its card is `.card`) -> LoadedModel."""
+    if isinstance(path, str) and path.startswith(ZOO_PREFIX):
+        return load_zoo_entry(path[len(ZOO_PREFIX):])
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path} is neither a training workdir nor an exported parameter directory")
@@ -40,18 +49,32 @@ def load(path: str | os.PathLike) -> LoadedModel:
     return LoadedModel(config, found.params, found.data, found.source)
 
 
+def load_zoo_entry(name: str) -> LoadedModel:
+    """The zoo entry 'NAME' (newest revision) or 'NAME@rN', verified (`pvpp.zoo.get`), with its card attached;
+    source {'kind': 'zoo', 'name': the resolved 'NAME@rN', 'path': its folder, 'step'}."""
+    entry = zoo_registry.resolve(name)
+    card = zoo_registry.read_card(entry)
+    config, params = zoo_access.load_verified(entry, card)
+    data = {k: card["data"][k] for k in ("variant", "validation_size")}
+    source = {"kind": "zoo", "name": entry.resolved, "path": str(entry.folder), "step": card["training"]["steps"]}
+    data = {"name": card["data"]["dataset"], **data}
+    return LoadedModel(config.replace(dropout_rate=0.0), params, data, source, card)
+
+
 @dataclasses.dataclass(frozen=True)
 class LoadedModel:
     """A trained PixelVAE++ with pure functions over uint8 images (see the module docstring).
 
     config: the ModelConfig (dropout 0). params: its 'params' collection (EMA). data: the run's data description
-    (or None for a bare export). source: where the parameters came from ({'kind', 'path', 'step'}).
+    (or None for a bare export). source: where the parameters came from ({'kind', 'path', 'step'}; a zoo entry
+    also has its resolved 'name'). card: a zoo entry's card (`pvpp.zoo.card`), else None.
     """
 
     config: ModelConfig
     params: Any
     data: dict[str, Any] | None
     source: dict[str, Any]
+    card: dict[str, Any] | None = None
 
     @property
     def prior(self):
@@ -119,13 +142,28 @@ class LoadedModel:
         num_samples: int = 100,
         chunk_size: int | None = None,
         batch_size: int = 4,
-        log_partition: str = "ais",
+        log_partition: str | float = "ais",
         ais: AISConfig = AISConfig(num_chains=1000, num_betas=10000),
+        example_indices=None,
     ) -> np.ndarray:
         """Importance-weighted log p(x) per image, nats [B] (`pvpp.evaluate`: k = num_samples hard samples, log Z
-        of an RBM prior by `log_partition` 'ais' with `ais`, or 'exact')."""
+        of an RBM prior by `log_partition`: 'ais' with `ais`, 'exact', 'card' (the log Z a zoo entry's card
+        records) or a float (a log Z known already, nats)). example_indices: [B] each image's index in its split,
+        which places its samples' keys as the evaluation command does (default 0..B-1): with the evaluation's
+        key (`jax.random.key(seed)`) and k the values are the command's."""
         images = np.asarray(images)
         chunk = chunk_size or evaluate.default_chunk_size(num_samples)
+        indices = np.arange(images.shape[0]) if example_indices is None else np.asarray(example_indices, np.int64)
+        if isinstance(log_partition, str) and log_partition in evaluate.LOG_PARTITION_METHODS:
+            return self._log_likelihood(key, images, indices, num_samples, chunk, batch_size, log_partition, ais)
+        log_z = self._known_log_partition(log_partition)
+        unnormalized = evaluate.importance_weighted_pass(  # checks the images
+            self.config, self.params, images, indices, keys.stream(key, "importance_samples"),
+            num_samples=num_samples, chunk_size=chunk, batch_size=batch_size,
+        )
+        return unnormalized["log_likelihood_unnormalized"] - log_z
+
+    def _log_likelihood(self, key, images, indices, num_samples, chunk, batch_size, log_partition, ais) -> np.ndarray:
         config = evaluate.EvalConfig(
             num_importance_samples=num_samples,
             chunk_size=chunk,
@@ -133,9 +171,25 @@ class LoadedModel:
             log_partition=log_partition,
             ais=ais,
         )
-        indices = np.arange(images.shape[0])
         result = evaluate.evaluate(self.config, self.params, images, indices, config, key=key)  # checks the images
         return result.per_image["log_likelihood"]
+
+    def _known_log_partition(self, log_partition) -> float:
+        """log Z given as 'card' or a float, nats (0 for a normalised prior)."""
+        normalized = make_prior(self.config).normalized
+        if isinstance(log_partition, str):
+            if log_partition != "card":
+                choices = (*evaluate.LOG_PARTITION_METHODS, "card")
+                raise ValueError(f"log_partition must be one of {choices} or a float, got {log_partition!r}")
+            if self.card is None:
+                raise ValueError("log_partition='card' needs a model loaded from the zoo (pvpp.load('zoo:NAME'))")
+            recorded = self.card["result"]["log_partition"]
+            return 0.0 if recorded is None or normalized else float(recorded["estimate"])
+        if isinstance(log_partition, (int, float, np.floating, np.integer)) and not isinstance(log_partition, bool):
+            if normalized:
+                raise ValueError(f"the {self.config.prior} prior is normalised: it has no log Z to pass")
+            return float(log_partition)
+        raise TypeError(f"log_partition must be a method name, 'card' or a float, got {log_partition!r}")
 
     def _decode(self, stream_key: jax.Array, z, decodes: int, batch_size: int, sampler: str) -> np.ndarray:
         images = sample.decode_latents(

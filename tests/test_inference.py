@@ -104,6 +104,6 @@ def test_the_commands_take_an_export_alone(tmp_path, data_dir):
             "--progress=false",
         ]
     )
-    written = tmp_path / "eval" / "caltech101_silhouettes_test_k1_n6_seed4.json"
+    (written,) = (tmp_path / "eval").glob("caltech101_silhouettes_test_k1_n6_seed4_params-*.json")
     summary = json.loads(written.read_text())
     assert summary["parameters"]["kind"] == "export" and summary["num_images"] == 6
