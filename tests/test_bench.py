@@ -45,6 +45,12 @@ def test_the_quick_suite_gives_every_benchmark_its_machine_peak_and_measured_rec
         assert row["jax_fraction_of_peak"] > 0 and row["numpy_fraction_of_peak"] > 0
     for row in results["rbm"]["ais"]:
         _check_record(row["measurement"])
+    for row in results["log_partition"]["efforts"]:
+        _check_record(row["measured"])
+        assert row["forward"]["estimate"] <= row["reverse"]["estimate"] + 0.5  # a random 16 + 16 RBM: both near log Z
+    precision = results["log_partition"]["precision"]
+    assert precision["backend"] != "cpu" or precision["max_logit_difference_right"] == 0.0  # one computation on CPU
+    assert abs(precision["ais_full_precision"]["error"]) < 0.1
     evaluated = results["evaluate"]["run"]
     _check_record(evaluated["measurement"])
     _check_record(evaluated["ais"]["measurement"])

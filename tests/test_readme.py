@@ -6,6 +6,8 @@ import re
 import jax.numpy as jnp
 import numpy as np
 
+import pvpp.zoo
+
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 
 
@@ -37,3 +39,16 @@ def test_notebook_section_runs_and_gives_sane_results(capsys):
     assert loaded_ll.shape == (4,) and np.all(np.isfinite(loaded_ll))
     np.testing.assert_allclose(loaded_ll, np.asarray(ll), atol=5.0)
     assert "[" in capsys.readouterr().out
+
+
+def test_results_table_is_the_one_the_zoo_cards_give():
+    """The README's results table is `python -m pvpp.zoo list --markdown` of the shipped entries: the numbers a
+    reader sees are the numbers the shipped weights' cards record."""
+    section = re.search(r"<!-- zoo:start -->\n(.*?)<!-- zoo:end -->", README.read_text(), re.S)
+    assert section, "README.md lost its zoo table markers"
+    shipped = pvpp.zoo.Cards(card for card in pvpp.zoo.list() if card_is_shipped(card))
+    assert section.group(1).strip() == shipped.markdown().strip(), "regenerate: python -m pvpp.zoo list --markdown"
+
+
+def card_is_shipped(card) -> bool:
+    return pvpp.zoo.where(card["identity"]["resolved_name"]).shipped

@@ -23,7 +23,7 @@ import os
 
 import jax
 
-from pvpp.bench import data, decoder, evaluate, rbm, sample, smoke, train
+from pvpp.bench import data, decoder, evaluate, log_partition, rbm, sample, smoke, train
 from pvpp.bench.common import log, machine_info, measured, write_result
 
 #: name -> (main, arguments at the GPU settings, arguments with --quick).
@@ -31,6 +31,7 @@ BENCHMARKS = {
     "data": (data.main, [], ["--quick"]),
     "decoder": (decoder.main, [], ["--quick"]),
     "rbm": (rbm.main, [], ["--quick"]),
+    "log_partition": (log_partition.main, ["--quick"], ["--quick"]),
     "evaluate": (evaluate.main, [], ["--quick"]),
     "sample": (sample.main, [], ["--quick", "--configs=cifar10_quick", "--rounds=1"]),
     "train": (train.main, ["--devices=1", "--configs=mnist_cpu,mnist_paper", "--steps=5"], ["--quick"]),

@@ -1,6 +1,6 @@
 """`python -m pvpp.zoo`: list, show, verify, export and package zoo entries.
 
-    python -m pvpp.zoo list [--dataset=caltech101] [--prior=rbm]
+    python -m pvpp.zoo list [--dataset=caltech101] [--prior=rbm] [--markdown]
     python -m pvpp.zoo show NAME [--json]
     python -m pvpp.zoo verify [NAME] [--data_dir=DIR]      # every entry without NAME; with data: the check subset
     python -m pvpp.zoo export NAME DIR [--overwrite]       # then: evaluate / sample --checkpoint=DIR
@@ -68,7 +68,8 @@ def describe(card: dict[str, Any], entry: registry.Entry) -> str:
 
 
 def _list(args) -> None:
-    print(catalog.list(dataset=args.dataset, prior=args.prior).table())
+    cards = catalog.list(dataset=args.dataset, prior=args.prior)
+    print(cards.markdown() if args.markdown else cards.table())
 
 
 def _show(args) -> None:
@@ -133,6 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="every entry with its data set, prior, parameters and test LL")
     listing.add_argument("--dataset", default=None, help="a name part (caltech101) or a pvpp data set name")
     listing.add_argument("--prior", default=None, help="a name part (rbm, pixelcnn) or a ModelConfig prior")
+    listing.add_argument("--markdown", action="store_true", help="a Markdown table (the README's results table)")
     listing.set_defaults(run=_list)
 
     show = commands.add_parser("show", help="an entry's card")
