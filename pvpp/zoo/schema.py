@@ -219,6 +219,7 @@ _CARD = _object(
                 "test_log_likelihood": _number,
                 "negative_log_likelihood_nats": _number,
                 "negative_log_likelihood_interval_nats": _NLL_INTERVAL,
+                "negative_log_likelihood_bounds_nats": _nullable(_NLL_INTERVAL),
                 "standard_error_nats": _nullable(_number),
                 "bits_per_dim": _nullable(_values(_nullable(_typed((int, float, list), "a number or list")))),
                 "k": _integer(1),
@@ -230,6 +231,17 @@ _CARD = _object(
                             "lower": _nullable(_number),
                             "upper": _nullable(_number),
                             "effective_sample_size": _nullable(_number),
+                            "reverse": _nullable(
+                                _object(
+                                    {
+                                        "estimate": _number,
+                                        "lower": _nullable(_number),
+                                        "upper": _nullable(_number),
+                                        "effective_sample_size": _nullable(_number),
+                                        "start": _text,
+                                    }
+                                )
+                            ),
                             "how": _text,
                         }
                     )

@@ -119,6 +119,7 @@ def result_section(summary: Mapping[str, Any], evaluation_file: str, command) ->
         "test_log_likelihood": -float(headline["negative_log_likelihood"]),
         "negative_log_likelihood_nats": float(nats["negative_log_likelihood"]),
         "negative_log_likelihood_interval_nats": list(nats.get("negative_log_likelihood_interval") or [None, None]),
+        "negative_log_likelihood_bounds_nats": nats.get("negative_log_likelihood_bounds"),
         "standard_error_nats": nats.get("standard_error"),
         "bits_per_dim": summary.get("bits_per_dim"),
         "k": int(settings["num_importance_samples"]),
@@ -199,5 +200,6 @@ def _log_partition(log_z: Mapping[str, Any], settings: Mapping[str, Any]) -> dic
         "lower": log_z.get("lower"),
         "upper": log_z.get("upper"),
         "effective_sample_size": log_z.get("effective_sample_size"),
+        "reverse": log_z.get("reverse"),
         "how": how,
     }
