@@ -46,9 +46,8 @@ def importance_weighted_pass(
     k samples stay on its device). The last round is padded by repeating the last image, and the padding is
     dropped. across_processes: the processes of a multi-process run take the same number of whole batches each
     (`distributed.process_part`) and all get every result; every process must then make the same call. Image
-    i's samples use fold_in(key, example_indices[i]), so no result depends on where its image ran (the per-device
-    program is the same for every device tuple: tested equal to the bit on 1 and 2 devices of one process, and
-    on 1 process x 8 devices and 2 x 4).
+    i's samples use fold_in(key, example_indices[i]), so no result depends on where its image ran: the per-device
+    program is the same for every device tuple.
     """
     check_example_images(model_config, images, example_indices)
     total = images.shape[0]

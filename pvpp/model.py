@@ -1,6 +1,6 @@
 """PixelVAE++: a PixelCNN++ decoder with three groups of latents and an RBM (or baseline) prior.
 
-Latent vector z = [z1, z2, z3] (DESIGN.md section 4):
+Latent vector z = [z1, z2, z3]:
 - z1, concatenated: q(z1 | x) from a conv encoder; f(z1) = dense + transposed convs up to the image size, a map
   every decoder pixel sees un-shifted (the up path's `cond_map`).
 - z2, conditioning: q(z2 | x) from a second conv encoder; z2 is the global `h` of the up path's gated ResNets.

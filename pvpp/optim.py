@@ -1,4 +1,4 @@
-"""The optimizer of DESIGN.md section 8 as optax pieces: Adam, per-step exponential learning-rate decay,
+"""The paper's optimizer as optax pieces: Adam, per-step exponential learning-rate decay,
 optional gradient clipping, Polyak / EMA averaging of the parameters, and the KL-annealing weight.
 
 The EMA of the parameters is a `GradientTransformation` placed last in the chain, so it lives inside the
@@ -34,7 +34,7 @@ PyTree = Any
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    """Optimizer settings; the defaults are those of the paper (DESIGN.md section 8, PixelCNN++ defaults).
+    """Optimizer settings; the defaults are those of the paper (Adam settings of the paper and PixelCNN++).
 
     Attributes:
       learning_rate: initial Adam step size.

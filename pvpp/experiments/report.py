@@ -78,6 +78,7 @@ def study_section(folder: str) -> str:
     lines += _runs_table(runs)
     lines += _paired_table(runs)
     lines += _convergence_table(runs)
+    lines += _effort_tables(folder)
     if study.get("findings"):
         lines += ["**What this shows.** " + study["findings"], ""]
     return "\n".join(lines)
@@ -200,6 +201,37 @@ def _convergence_table(runs) -> list[str]:
         *rows,
         "",
     ]
+
+
+def _effort_tables(folder: str) -> list[str]:
+    """The AIS-effort studies of the folder (`ais_effort_<run>.json`, written by `python -m pvpp.bench.log_partition`)."""
+    lines = []
+    for name in sorted(os.listdir(folder)):
+        if not (name.startswith("ais_effort_") and name.endswith(".json")):
+            continue
+        with open(os.path.join(folder, name), encoding="utf-8") as f:
+            study = json.load(f)
+        run = name[len("ais_effort_") : -len(".json")]
+        lines += [
+            f"AIS effort on the RBM of {run} (`python -m pvpp.bench.log_partition --workdir=RUN`; "
+            f"{study['rbm']['num_left']} + {study['rbm']['num_right']} units; log Z in nats; the seconds were "
+            "measured while the machine was shared):",
+            "",
+            "| effort | chains x temperatures x sweeps | forward AIS (spread) | reverse AIS (spread) | reverse - forward "
+            "| forward moved | seconds |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for row in study["efforts"]:
+            settings, forward, reverse = row["settings"], row["forward"], row["reverse"]
+            lines.append(
+                f"| {row['effort']} | {settings['num_chains']} x {settings['num_betas']} x {settings['sweeps_per_beta']} "
+                f"| {forward['estimate']:.4f} ({_number(forward['lower'], 4)}, {_number(forward['upper'], 4)}) "
+                f"| {reverse['estimate']:.4f} ({_number(reverse['lower'], 4)}, {_number(reverse['upper'], 4)}) "
+                f"| {reverse['estimate'] - forward['estimate']:+.4f} | {row.get('forward_moved_from_first', 0.0):+.4f} "
+                f"| {row['measured']['wall_seconds']:.0f} |"
+            )
+        lines.append("")
+    return lines
 
 
 def _priors(runs) -> list[str]:

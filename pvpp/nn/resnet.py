@@ -10,7 +10,7 @@ from flax import linen as nn
 
 from pvpp.nn.weightnorm import WNDense
 
-# Second-conv init scale of every gated ResNet (DESIGN.md section 2): the residual branch starts small.
+# Second-conv init scale of every gated ResNet: the residual branch starts small.
 RESIDUAL_INIT_SCALE = 0.1
 _COND_KERNEL_INIT = nn.initializers.normal(stddev=0.05)
 

@@ -1,7 +1,7 @@
 """Annealed importance sampling (Neal 2001; Salakhutdinov & Murray 2008) for the log partition function of an
 RBM.
 
-AIS anneals over the left side zL with the right side summed out analytically (DESIGN section 6):
+AIS anneals over the left side zL with the right side summed out analytically:
 
     f_beta(zL) = exp((1 - beta) a0.zL + beta a.zL) * prod_j (1 + exp(beta (b_j + (W^T zL)_j))),
     log Z_0 = sum_i softplus(a0_i) + nR log 2,      f_1(zL) = exp(-F(zL)),   Z_1 = Z.

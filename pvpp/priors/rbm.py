@@ -1,6 +1,6 @@
 """Restricted Boltzmann machine prior over binary z = (z_left, z_right): energies, exact log Z, block Gibbs.
 
-Convention (DESIGN section 5), with a = `left_bias` [nL], b = `right_bias` [nR], W = `weights` [nL, nR]:
+Convention, with a = `left_bias` [nL], b = `right_bias` [nR], W = `weights` [nL, nR]:
 
     E(zL, zR) = -a.zL - b.zR - zL^T W zR,        p(zL, zR) = exp(-E) / Z,
     -F(zL) = a.zL + sum_j softplus(b_j + (W^T zL)_j)      (right side summed out; `free_energy_left`),

@@ -47,7 +47,7 @@ def init_train_state(
     """
     params_key, noise_key, chains_key = jax.random.split(keys.stream(key, "init"), 3)
     # The ~100 parameter initialisers draw from an 'rbg' key (XLA's RngBitGenerator): with threefry each one
-    # unrolls its own threefry circuit and the init compiles 2-4x slower on CPU. rbg bits are deterministic on
+    # unrolls its own threefry circuit and the init compiles several times slower on CPU. rbg bits are deterministic on
     # one backend but may differ between backends (the same seed may give another init on CPU and GPU).
     params_key = jax.random.wrap_key_data(jax.random.bits(params_key, (4,), jnp.uint32), impl="rbg")
     x = to_model_space(model.config, jnp.asarray(images))

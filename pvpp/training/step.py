@@ -9,8 +9,8 @@ Randomness (`pvpp.keys`): the latent noise of example i is fold_in(fold_in(strea
 index in the GLOBAL batch (device * per-device batch + row), so 8 devices x batch b and 1 device x batch 8b
 draw the same noise and make the same update (without dropout). The negative-phase key is the same on every
 device, so the chains stay identical everywhere. The dropout key is folded with the device index
-(`lax.axis_index`): a dropout mask per example would need the network vmapped over single examples, measured
-13% slower on CPU.
+(`lax.axis_index`): a dropout mask per example would need the network vmapped over single examples, which is
+slower (experiments/fidelity.md).
 """
 
 from __future__ import annotations
