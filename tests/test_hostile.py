@@ -22,7 +22,7 @@ from pvpp.experiments import evaluate as evaluate_command
 from pvpp.experiments.errors import exit_on_stopping_errors
 from pvpp.training import loop
 from pvpp.optim import ema_params
-from test_train import MODEL, TRAIN, assert_states_equal, run
+from helpers import MODEL, TRAIN, assert_states_equal, run, assert_trees_equal
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -71,8 +71,7 @@ def test_flipped_bytes_in_the_latest_checkpoint_fall_back_to_the_previous_step(t
     assert (workdir / train.CHECKPOINT_DIRNAME / "4.unreadable").is_dir()
     exported, config = checkpoint.load_params(workdir / train.EMA_PARAMS_DIRNAME)  # verified on read
     assert config["step"] == TRAIN.num_steps
-    for a, b in zip(jax.tree.leaves(exported), jax.tree.leaves(ema_params(want.opt_state))):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert_trees_equal(exported, ema_params(want.opt_state))
 
 
 def test_a_damaged_export_is_refused_evaluation_falls_back_and_a_rerun_rewrites_it(tmp_path, caplog):
@@ -86,15 +85,13 @@ def test_a_damaged_export_is_refused_evaluation_falls_back_and_a_rerun_rewrites_
         inference = workdir_files.load_for_inference(workdir)
     assert inference.source["kind"] == "checkpoint_ema" and inference.source["step"] == TRAIN.num_steps
     assert any("cannot be used" in r.getMessage() for r in caplog.records)
-    for a, b in zip(jax.tree.leaves(inference.params), jax.tree.leaves(ema_params(final.opt_state))):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert_trees_equal(inference.params, ema_params(final.opt_state))
     run(
         workdir
     )  # the finished run, rerun: its export was damaged, so it is written again from the checkpoint
     exported, config = checkpoint.load_params(export)
     assert config["step"] == TRAIN.num_steps
-    for a, b in zip(jax.tree.leaves(exported), jax.tree.leaves(ema_params(final.opt_state))):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert_trees_equal(exported, ema_params(final.opt_state))
 
 
 def test_a_finished_run_rerun_leaves_its_intact_export_untouched(tmp_path, caplog):

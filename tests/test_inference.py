@@ -15,7 +15,7 @@ from pvpp import data, evaluate, sample, train, workdir as workdir_files
 from pvpp.experiments import evaluate as evaluate_command
 from pvpp.experiments import sample as sample_command
 from pvpp.model import ModelConfig, PixelVAEPP
-from test_train import MODEL, run, synthetic_splits
+from helpers import MODEL, run, synthetic_splits, assert_trees_equal
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +30,7 @@ def test_load_a_workdir_or_its_export_and_use_the_pure_functions(trained):
     model = pvpp.load(workdir)
     assert model.source["kind"] == "ema_export" and model.config == MODEL.replace(dropout_rate=0.0)
     export = pvpp.load(workdir / train.EMA_PARAMS_DIRNAME)
-    for a, b in zip(jax.tree.leaves(model.params), jax.tree.leaves(export.params)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert_trees_equal(model.params, export.params)
     images = synthetic_splits()[1].images[:4]
     key = jax.random.key(3)
     z = model.encode(key, images)

@@ -162,3 +162,15 @@ def test_a_new_prior_is_one_class_and_one_entry_where_priors_are_built(monkeypat
     assert {"loss", "kl", "reconstruction"} <= set(metrics)
     with pytest.raises(ValueError, match="prior must be one of"):
         ModelConfig(prior="vamp")
+
+
+def test_no_test_module_imports_another():
+    """Shared test code lives in tests/helpers.py and tests/conftest.py, never in a test module."""
+    found = []
+    for path in sorted((PACKAGE.parent / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            )
+            found += [f"{path.name}: {name}" for name in names if name.split(".")[0].startswith("test_")]
+    assert not found, found

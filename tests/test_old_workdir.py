@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from pvpp import train, workdir as workdir_files
-from test_train import MODEL, TRAIN, synthetic_splits
+from helpers import MODEL, TRAIN, synthetic_splits, assert_trees_equal
 
 ARCHIVE = pathlib.Path(__file__).resolve().parent / "data" / "workdir_v0.1.0.tar.gz"
 # The model, step settings and data of test_train (the compiled programs are shared), 2 steps.
@@ -38,8 +38,7 @@ def test_an_old_workdir_loads_for_inference_and_resumes(tmp_path, caplog):
     (workdir / "ema_params").rename(tmp_path / "old_ema")  # the EMA inside the old checkpoint reads too
     from_checkpoint = workdir_files.load_for_inference(workdir)
     assert from_checkpoint.source["kind"] == "checkpoint_ema" and from_checkpoint.source["step"] == 2
-    for a, b in zip(jax.tree.leaves(from_checkpoint.params), jax.tree.leaves(old_export.params)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert_trees_equal(from_checkpoint.params, old_export.params)
 
     with caplog.at_level(logging.INFO):
         state = train.run_training(MODEL, OLD_TRAIN.replace(num_steps=4), *synthetic_splits(), workdir)

@@ -25,64 +25,9 @@ from pvpp import checkpoint, data, metrics, train
 from pvpp.model import ModelConfig
 from pvpp.optim import ema_params
 
-MODEL = ModelConfig(
-    image_shape=(8, 8, 1),
-    nr_resnet=1,
-    nr_filters=8,
-    dropout_rate=0.0,
-    num_concat_latents=8,
-    rbm_num_left=4,
-    encoder_filters=8,
-    latent_map_channels=4,
+from helpers import (  # noqa: F401
+    MODEL, NUM_IMAGES, TRAIN, assert_states_equal, assert_trees_equal, run, synthetic_splits, with_key_data,
 )
-TRAIN = train.TrainConfig(
-    batch_size=8,
-    num_steps=6,
-    num_devices=1,
-    num_chains=4,
-    log_every=2,
-    eval_every=3,
-    eval_examples=16,
-    checkpoint_every=2,
-    keep_checkpoints=3,
-    log_z_ais=train.AISConfig(num_chains=16, num_betas=20),
-)
-NUM_IMAGES = 64
-
-
-def synthetic_splits() -> tuple[data.DataSplit, data.DataSplit]:
-    """Random binary 8x8 images (a static binary data set); the runner script below rebuilds the same ones."""
-    images = (np.random.default_rng(0).uniform(size=(NUM_IMAGES, 8, 8, 1)) < 0.4).astype(np.uint8)
-    return (
-        data.DataSplit("synthetic", "train", images, None, "static"),
-        data.DataSplit("synthetic", "test", images[:16], None, "static"),
-    )
-
-
-def run(workdir, **changes) -> train.TrainState:
-    train_data, eval_data = synthetic_splits()
-    return train.run_training(MODEL, TRAIN.replace(**changes), train_data, eval_data, workdir)
-
-
-def assert_states_equal(got: train.TrainState, want: train.TrainState, exact: bool = True) -> None:
-    """Every leaf of the two states (params, optimizer state with the EMA, chains, step, key) is equal."""
-    got_leaves = jax.tree_util.tree_flatten_with_path(_key_data(got))[0]
-    want_leaves = jax.tree_util.tree_flatten_with_path(_key_data(want))[0]
-    assert [p for p, _ in got_leaves] == [p for p, _ in want_leaves]
-    for (path, a), (_, b) in zip(got_leaves, want_leaves):
-        if exact:
-            np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))
-        else:
-            # Adam divides by sqrt(v): for entries with near-zero gradients float-rounding differences are
-            # amplified up to a fraction of the learning rate (1e-3), hence the absolute tolerance.
-            np.testing.assert_allclose(
-                np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path)
-            )
-
-
-def _key_data(state):
-    return state.replace(key=jax.random.key_data(state.key))
-
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
@@ -162,7 +107,7 @@ def test_eight_devices_make_the_update_of_one_device_with_the_whole_batch(prior)
             state, metrics = fns.train(state, per_device)
             losses.append(np.asarray(metrics["loss"]))
         # After every step the copies on all devices are identical (bitwise): params, EMA, Adam, chains.
-        for leaf in jax.tree.leaves(_key_data(state)):
+        for leaf in jax.tree.leaves(with_key_data(state)):
             copies = np.asarray(leaf)
             for d in range(1, num_devices):
                 np.testing.assert_array_equal(copies[d], copies[0])
@@ -255,8 +200,7 @@ def test_workdir_layout_config_metrics_checkpoints_export(reference):
     ) == [2, 4, 6]
     exported, export_config = checkpoint.load_params(workdir / train.EMA_PARAMS_DIRNAME)
     assert export_config["step"] == 6 and ModelConfig.from_dict(export_config["model"]) == MODEL
-    for a, b in zip(jax.tree.leaves(exported), jax.tree.leaves(ema_params(final.opt_state))):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert_trees_equal(exported, ema_params(final.opt_state))
 
 
 def test_interrupted_and_resumed_run_equals_uninterrupted(reference, tmp_path):

@@ -22,6 +22,8 @@ import jax
 import numpy as np
 import pytest
 
+from helpers import assert_trees_equal
+
 import pvpp
 import pvpp.zoo
 from pvpp import data, evaluate, train
@@ -213,8 +215,7 @@ def test_round_trip_package_list_load_gives_the_evaluations_log_likelihoods(tiny
 
     # The weights are the run's EMA parameters, to the bit.
     run = pvpp.load(tiny["workdir"])
-    for a, b in zip(jax.tree.leaves(run.params), jax.tree.leaves(model.params)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert_trees_equal(run.params, model.params)
     assert model.sample(key, 2, num_gibbs_sweeps=5, batch_size=2).shape == (2, 28, 28, 1)
 
 
@@ -380,8 +381,7 @@ def test_command_line_list_show_verify_and_export(tiny, tmp_path, capsys, data_d
     exported = pvpp.load(export)
     assert exported.source["kind"] == "export" and exported.data["name"] == "caltech101_silhouettes"
     zoo_params = pvpp.zoo.get(TINY)[1]
-    for a, b in zip(jax.tree.leaves(exported.params), jax.tree.leaves(zoo_params)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert_trees_equal(exported.params, zoo_params)
     # The evaluation command reads the export unchanged, and gives the run's evaluation again.
     output = tmp_path / "eval.json"
     evaluate_command.run([
