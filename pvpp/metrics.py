@@ -7,7 +7,8 @@ TensorBoard (tensorboardX, no TensorFlow). A reopened writer appends (a resumed 
 Given `start_step` (the step a run resumes from), it first removes what a killed run wrote after that step, from
 metrics.jsonl and from the event files, so that no step appears twice. Non-finite values are written as the
 strings "NaN", "Infinity" and "-Infinity" (strict JSON has no such numbers); `read_metrics` turns them back into
-floats. `write_images` adds images (the evaluation's sample grids) to TensorBoard only. `read_tensorboard_scalars`
+floats. `write_images` adds images (the evaluation's sample grids) to TensorBoard only; `write_note` a line of text (a
+record {"step", "wall_time", "note"}, and TensorBoard text). `read_tensorboard_scalars`
 and `read_tensorboard_images` read the event files back.
 """
 
@@ -32,7 +33,8 @@ from tensorboardX.record_writer import masked_crc32c
 
 METRICS_FILENAME = "metrics.jsonl"
 TENSORBOARD_DIRNAME = "tensorboard"
-_RESERVED = ("step", "wall_time")
+NOTE_KEY = "note"  # a record's text note (`MetricsWriter.write_note`), beside "step" and "wall_time"
+_RESERVED = ("step", "wall_time", NOTE_KEY)
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
@@ -106,6 +108,19 @@ class MetricsWriter:
                 raise ValueError(f"image {tag!r} must be uint8 [H, W, C] with C in {{1, 3}}, got {image.dtype} {image.shape}")
             self._tensorboard.add_image(tag, image, _as_int(step, "step"), dataformats="HWC")
         self._tensorboard.flush()
+
+    def write_note(self, step: int, text: str, *, tag: str = "notes") -> None:
+        """Appends {"step": step, "wall_time": now, "note": text} (e.g. the settings a resumed run changed at
+        `step`) and adds `text` to TensorBoard as text under `tag` at that step."""
+        if self._file.closed:
+            raise RuntimeError(f"the MetricsWriter of {self.path} is closed")
+        now = time.time()
+        record = {"step": _as_int(step, "step"), "wall_time": now, NOTE_KEY: str(text)}
+        self._file.write(json.dumps(record, allow_nan=False) + "\n")
+        self._file.flush()
+        if self._tensorboard is not None:
+            self._tensorboard.add_text(tag, str(text), record["step"], walltime=now)
+            self._tensorboard.flush()
 
     def close(self) -> None:
         if not self._file.closed:
@@ -292,7 +307,7 @@ class ProgressLogger:
 def format_progress(
     step: int, total_steps: int, steps_per_sec: float, images_per_step: int, scalars: Mapping[str, Any]
 ) -> str:
-    """E.g. "step 1000/10000 (10.0%) | 5.00 steps/s | 640 images/s | loss 93.2 | ETA 30m 00s".
+    """E.g. "step 1000/10000 (10.0%) | 5.00 steps/s | 640 images/s | loss 93.2 | relaxed KL 9.1 nats | ETA 30m 00s".
 
     A NaN rate (unknown) prints as "? steps/s" and "ETA ?".
     """
@@ -306,10 +321,27 @@ def format_progress(
         parts.append("? steps/s")
         parts.append("? images/s")
         eta = "?"
-    for name, value in scalars.items():
-        parts.append(f"{name} {float(np.asarray(value)):.4g}")
+    shown = _named_for_people(scalars)
+    for i, (name, value) in enumerate(shown.items()):
+        unit = " nats" if i == len(shown) - 1 else ""
+        parts.append(f"{name} {float(np.asarray(value)):.4g}{unit}")
     parts.append(f"ETA {eta}")
     return " | ".join(parts)
+
+
+#: How the training metrics read in a progress line (all in nats per image).
+DISPLAY_NAMES = {"loss": "loss", "reconstruction": "reconstruction", "kl": "relaxed KL", "log_Z": "log Z"}
+
+
+def _named_for_people(scalars: Mapping[str, Any]) -> dict[str, Any]:
+    """The scalars under the names a researcher knows: the RBM's 'kl_minus_log_z' (the relaxed KL without log Z,
+    unknown during the step) becomes 'relaxed KL' once the periodic evaluation has estimated log Z."""
+    values = dict(scalars)
+    if "kl_minus_log_z" in values and "log_Z" in values:
+        values = {("kl" if k == "kl_minus_log_z" else k): v for k, v in values.items()}
+        values["kl"] = float(np.asarray(values["kl"])) + float(np.asarray(values["log_Z"]))
+    names = {**DISPLAY_NAMES, "kl_minus_log_z": "relaxed KL - log Z"}
+    return {names.get(name, name): value for name, value in values.items()}
 
 
 def format_duration(seconds: float) -> str:

@@ -16,6 +16,20 @@ jax.config.update("jax_compilation_cache_dir", str(_CACHE))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+#: Modules whose tests take long (several processes, the benchmark suite, the notebook, trained fixtures, real-data
+#: runs): marked 'slow', so that `pytest -m "not slow"` is the quick tier a developer runs on every change.
+SLOW_MODULES = {
+    "test_bench", "test_distributed", "test_evaluate", "test_experiments", "test_hostile", "test_notebook",
+    "test_readme", "test_train", "test_zoo", "test_cached_sampler", "test_inference", "test_old_workdir",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__ in SLOW_MODULES or item.get_closest_marker("integration"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> pathlib.Path:
     """The real data sets (../shared/data). Missing data is an error, not a skip."""

@@ -97,10 +97,17 @@ def test_progress_line_rates_and_eta_from_the_interval():
     progress = metrics.ProgressLogger(total_steps=1100, images_per_step=128, start_step=100, clock=clock)
     clock.now += 20.0  # 100 steps in 20 s: 5 steps/s, 640 images/s; 900 steps left: 180 s
     line = progress(200, {"loss": jnp.float32(93.25), "kl": 12.5})
-    assert line == "step 200/1100 (18.2%) | 5.00 steps/s | 640 images/s | loss 93.25 | kl 12.5 | ETA 3m 00s"
+    assert line == "step 200/1100 (18.2%) | 5.00 steps/s | 640 images/s | loss 93.25 | relaxed KL 12.5 nats | ETA 3m 00s"
     clock.now += 100.0  # the next interval is slower: 100 steps in 100 s, 800 steps left
     line = progress(300)
     assert "1.00 steps/s" in line and "128 images/s" in line and line.endswith("ETA 13m 20s")
+
+
+def test_progress_line_names_the_rbm_kl_once_log_z_is_known():
+    progress = metrics.ProgressLogger(total_steps=10, images_per_step=1, clock=_FakeClock())
+    line = progress(1, {"loss": 80.0, "kl_minus_log_z": -90.0, "log_Z": 100.0})
+    assert "loss 80 | relaxed KL 10 | log Z 100 nats" in line
+    assert "relaxed KL - log Z -90 nats" in progress(2, {"loss": 80.0, "kl_minus_log_z": -90.0})
 
 
 def test_progress_line_without_a_rate_has_no_eta():

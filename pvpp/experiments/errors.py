@@ -21,6 +21,7 @@ from absl import app, logging
 
 from pvpp import checkpoint, distributed, liveness
 from pvpp.data.raw import DataFileError
+from pvpp.experiments import console
 from pvpp.results import InconsistentResultError, ResultExistsError
 from pvpp.workdir import WorkdirBusyError, WorkdirConflictError
 
@@ -98,8 +99,10 @@ def _drop_closed_loop_callbacks(unraisable) -> None:
 
 def quiet_orbax_logs() -> None:
     """Orbax logs a dozen INFO lines per checkpoint through absl, and the full traceback of every failed
-    background write: keep its warnings and errors, as one line each (the error itself is reported by pvpp)."""
+    background write: keep its warnings and errors, as one line each (the error itself is reported by pvpp).
+    Also sets up the console (`pvpp.experiments.console`: plain pvpp lines, no third-party INFO)."""
     std_logging.getLogger("absl").addFilter(_OrbaxOneLiners())  # on the logger: whichever handler prints
+    console.setup()
 
 
 class _OrbaxOneLiners(std_logging.Filter):

@@ -230,7 +230,7 @@ def _train(model_config, train_config, train_data, eval_data, workdir, run_descr
                 log_z = results.get("log_partition")
                 if primary:
                     writer.write(step, results)
-                    logging.info("eval step %d: %s", step, _format(results))
+                    logging.info("%s", _format(step, results))
                     if train_config.eval_grids:  # this process's first evaluation images, its EMA copy
                         first_images = np.asarray(eval_batches[0][0]).reshape((-1,) + model_config.image_shape)
                         ema = unreplicate(ema_params(state.opt_state))
@@ -343,5 +343,19 @@ def _count(tree) -> int:
     return int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(tree)))
 
 
-def _format(results: Mapping[str, float]) -> str:
-    return ", ".join(f"{name} {value:.4g}" for name, value in results.items())
+def _format(step: int, results: Mapping[str, float]) -> str:
+    """The periodic evaluation as two short lines (current and EMA parameters), in nats per image: -ELBO with one
+    hard sample, reconstruction, the relaxed KL at beta 1, and log Z with its AIS spread where the prior has one."""
+    lines = [f"eval step {step}:"]
+    for prefix, suffix, label in (("eval", "", "parameters"), ("eval_ema", "_ema", "EMA")):
+        parts = [f"-ELBO {results[f'{prefix}/negative_elbo']:.2f}"] if f"{prefix}/negative_elbo" in results else []
+        for name, shown in (("reconstruction", "reconstruction"), ("kl", "relaxed KL")):
+            if f"{prefix}/{name}" in results:
+                parts.append(f"{shown} {results[f'{prefix}/{name}']:.2f}")
+        if f"log_partition{suffix}" in results:
+            parts.append(
+                f"log Z {results[f'log_partition{suffix}']:.2f} in [{results[f'log_partition_lower{suffix}']:.2f}, "
+                f"{results[f'log_partition_upper{suffix}']:.2f}]"
+            )
+        lines.append(f"  {label:>10}: " + ", ".join(parts) + " nats")
+    return "\n".join(lines)
