@@ -73,12 +73,15 @@ def study_section(folder: str) -> str:
     if study.get("machine"):
         lines += [f"Machine and sharing: {study['machine']}", ""]
     if not runs:
-        return "\n".join(lines + ["No evaluated runs yet.", ""])
+        notes = [study["effort_findings"], ""] if study.get("effort_findings") else []
+        return "\n".join(lines + ["No evaluated runs yet.", ""] + _effort_tables(folder) + notes)
     lines += _summary_table(runs, study.get("paper", {}))
     lines += _runs_table(runs)
     lines += _paired_table(runs)
     lines += _convergence_table(runs)
     lines += _effort_tables(folder)
+    if study.get("effort_findings"):
+        lines += [study["effort_findings"], ""]
     if study.get("findings"):
         lines += ["**What this shows.** " + study["findings"], ""]
     return "\n".join(lines)
