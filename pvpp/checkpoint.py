@@ -332,6 +332,11 @@ def export_params(path, params: PyTree, config: Mapping[str, Any], *, overwrite:
         checkpointer.save(path, args=ocp.args.Composite(**items), force=overwrite)
 
 
+def is_export(path) -> bool:
+    """Whether the directory `path` looks like an `export_params` directory (it has the parameters' item)."""
+    return (_absolute(path) / _PARAMS).is_dir()
+
+
 def load_params(path, template: PyTree | None = None) -> tuple[PyTree, dict[str, Any]]:
     """Reads a directory written by `export_params`.
 
@@ -349,6 +354,8 @@ def load_params(path, template: PyTree | None = None) -> tuple[PyTree, dict[str,
     path = _absolute(path)
     if not path.exists():
         raise FileNotFoundError(f"no exported parameters at {path}")
+    if not is_export(path):
+        raise FileNotFoundError(f"{path} holds no exported parameters (no {_PARAMS}/ folder)")
     has_record = (path / _INTEGRITY).exists()
     try:
         restored = _read_export(path, template, has_record)

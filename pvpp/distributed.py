@@ -15,6 +15,9 @@ every process holds identically (one copy on each process's first device) is sav
 over a mesh of one device per process (`to_replicated` / `from_replicated`); orbax writes the copy of process
 0 once, and every process reads it back.
 
+Start-up connects the processes' collectives at once (`warm_up_collectives`; training does it again for its
+step's devices), so that no first collective after a long compilation waits on gloo's 30 s rendezvous.
+
 Failure. `pvpp.liveness` watches the processes through the coordination service's key-value store: when one
 dies, freezes or stops on an error, the others stop within `heartbeat_timeout` (at once for an error) with a
 message naming it. JAX's coordination service is the backstop, with twice that timeout. A process that stops
@@ -115,6 +118,25 @@ def initialize(config: DistributedConfig) -> None:
             "'gloo') before the backend starts)"
         )
     liveness.start(config.heartbeat_timeout, config.shutdown_timeout)
+    warm_up_collectives(tuple(jax.devices()))  # the processes are in step here: they just exchanged topologies
+
+
+def warm_up_collectives(devices: tuple[jax.Device, ...]) -> None:
+    """Opens the connections of the collectives over `devices` (global devices, in the order of a pmap over
+    them) with one tiny collective, now. Every process must call it at the same point. Nothing with one process.
+
+    With gloo (CPU) the first collective over a set of devices first connects the processes, and that rendezvous
+    waits only 30 s for the others (a later collective waits far longer): a process that reaches its first step
+    after a compilation 30 s shorter than another's (a cold compilation cache, busy cores) would fail with
+    "Gloo context initialization failed: DEADLINE_EXCEEDED". Called where the processes are in step (after
+    start-up, after a check that every process holds the same data), the rendezvous is immediate.
+    """
+    if not is_multiprocess():
+        return
+    local = [d for d in devices if d.process_index == jax.process_index()]
+    ones = np.ones((len(local),), np.float32)
+    total = jax.pmap(lambda x: jax.lax.psum(x, "devices"), axis_name="devices", devices=devices)(ones)
+    jax.block_until_ready(total)
 
 
 def is_primary() -> bool:

@@ -13,12 +13,14 @@ padding between and around tiles is grey (128) by default, so it is visible agai
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
+from pvpp.results import atomic_write_bytes
 from pvpp.validation import check_int
 
 DEFAULT_PAD_VALUE = 128
@@ -40,12 +42,15 @@ def save_grid(
     padding). Every tile is upscaled by an integer factor (nearest neighbour) and surrounded by `padding`
     pixels of `pad_value` (an int, or C ints), also along the outer border. Returns the uint8 grid
     [rows * (H*upscale + padding) + padding, nrow * (W*upscale + padding) + padding, C] that was written.
-    Parent folders are created. See the module docstring for the accepted values.
+    Parent folders are created; the file appears complete or not at all (written to a temporary file, renamed).
+    See the module docstring for the accepted values.
     """
     grid = make_grid(images, nrow, padding, upscale, value_range=value_range, pad_value=pad_value)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     mode = "L" if grid.shape[-1] == 1 else "RGB"
-    Image.fromarray(grid[..., 0] if mode == "L" else grid, mode=mode).save(path, format="PNG")
+    buffer = io.BytesIO()
+    Image.fromarray(grid[..., 0] if mode == "L" else grid, mode=mode).save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
     return grid
 
 
@@ -112,8 +117,9 @@ def to_uint8_images(images, value_range: tuple[float, float] | None = None) -> n
 def save_arrays(path: str | os.PathLike, **arrays) -> str:
     """Saves named arrays (anything np.asarray accepts, e.g. jax arrays) to a compressed .npz file.
 
-    '.npz' is appended when the path lacks it; returns the path actually written. Parent folders are created.
-    Read back with `np.load(path)[name]`.
+    '.npz' is appended when the path lacks it; returns the path actually written. Parent folders are created;
+    the file appears complete or not at all (written to a temporary file, renamed). Read back with
+    `np.load(path)[name]`.
     """
     if not arrays:
         raise ValueError("save_arrays needs at least one named array")
@@ -121,5 +127,7 @@ def save_arrays(path: str | os.PathLike, **arrays) -> str:
     if not path.endswith(".npz"):
         path += ".npz"
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    np.savez_compressed(path, **{name: np.asarray(value) for name, value in arrays.items()})
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **{name: np.asarray(value) for name, value in arrays.items()})
+    atomic_write_bytes(path, buffer.getvalue())
     return path

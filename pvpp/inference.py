@@ -23,9 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pvpp import evaluate, keys, sample, workdir
+from pvpp import checkpoint, evaluate, keys, sample, workdir
 from pvpp.model import ModelConfig, to_model_space
 from pvpp.priors import AISConfig, LogPartition, make_prior
+from pvpp.validation import check_int
 from pvpp.zoo import access as zoo_access, registry as zoo_registry
 
 #: The prefix of a zoo entry's name in `load`.
@@ -40,11 +41,16 @@ def load(path: str | os.PathLike) -> LoadedModel:
         return load_zoo_entry(path[len(ZOO_PREFIX):])
     path = os.fspath(path)
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path} is neither a training workdir nor an exported parameter directory")
+        raise FileNotFoundError(f"path {path} is not a workdir or export: no such folder")
     if os.path.exists(os.path.join(path, workdir.CONFIG_FILENAME)):
         found = workdir.load_for_inference(workdir=path)
-    else:
+    elif checkpoint.is_export(path):
         found = workdir.load_for_inference(checkpoint_path=path)
+    else:
+        raise FileNotFoundError(
+            f"path {path} is not a workdir or export: it holds neither {workdir.CONFIG_FILENAME} (a training "
+            "workdir) nor exported parameters (e.g. <workdir>/ema_params)"
+        )
     config = found.model_config.replace(dropout_rate=0.0)
     return LoadedModel(config, found.params, found.data, found.source)
 
@@ -96,12 +102,15 @@ class LoadedModel:
     ) -> np.ndarray:
         """Autoregressive decodes of latents z [N, K]: uint8 [N, decodes, H, W, C]. sampler: 'cached' or 'naive'
         (the same images, `pvpp.sample.model_sampler`)."""
+        if np.shape(z)[:1] == (0,):
+            raise ValueError("z: an empty batch of latents [0, K]; give at least one")
         return self._decode(keys.stream(key, "prior_decode"), z, decodes, batch_size, sampler)
 
     def reconstruct(
         self, key: jax.Array, images, *, decodes: int = 1, batch_size: int = 32, sampler: str = "cached"
     ) -> np.ndarray:
         """z ~ q(z | x) for each image, decoded `decodes` times: uint8 [B, decodes, H, W, C]."""
+        check_int(decodes, "decodes", 1)
         z = self.encode(key, images)
         return self._decode(keys.stream(key, "reconstruction_decode"), z, decodes, batch_size, sampler)
 
@@ -111,6 +120,8 @@ class LoadedModel:
     ) -> np.ndarray:
         """num images from the model: z from the prior (RBM: block Gibbs, num_gibbs_sweeps sweeps), one decode
         each: uint8 [num, H, W, C]."""
+        check_int(num, "num", 1)
+        check_int(num_gibbs_sweeps, "num_gibbs_sweeps", 0)
         z = sample.prior_latents(
             self.config,
             self.params,
@@ -121,10 +132,22 @@ class LoadedModel:
         return self.decode(key, z, decodes=1, batch_size=batch_size, sampler=sampler)[:, 0]
 
     def log_partition(
-        self, key: jax.Array, *, method: str = "ais", ais: AISConfig = AISConfig()
+        self,
+        key: jax.Array,
+        *,
+        method: str = "ais",
+        ais: AISConfig = AISConfig(
+            num_chains=100, num_betas=1000, reverse_start="forward_ais", reverse_start_sweeps=100
+        ),
     ) -> LogPartition | None:
         """log Z of the prior (nats; None for normalised priors): AIS with `ais`, its chains split over this
-        process's devices (as `log_likelihood` does), or exact enumeration."""
+        process's devices (as `log_likelihood` does), or exact enumeration.
+
+        The default AIS is two-sided: forward AIS (100 chains, 1000 temperatures) bounds log Z from below in
+        expectation, and reverse AIS started from the forward run's final states (100 sweeps) from above; the
+        result carries both, `estimate` / `lower` / `upper` and `reverse_estimate` / `reverse_lower` /
+        `reverse_upper` / `reverse_effective_sample_size` (`pvpp.priors.LogPartition`; pass an AISConfig with
+        reverse_start='none' for the forward run alone)."""
         prior = self.prior
         return prior.log_partition(
             prior.prior_params(self.params),
@@ -151,7 +174,8 @@ class LoadedModel:
         records) or a float (a log Z known already, nats)). example_indices: [B] each image's index in its split,
         which places its samples' keys as the evaluation command does (default 0..B-1): with the evaluation's
         key (`jax.random.key(seed)`) and k the values are the command's."""
-        images = np.asarray(images)
+        check_int(num_samples, "num_samples", 1)
+        images = self._check_batch(images)
         chunk = chunk_size or evaluate.default_chunk_size(num_samples)
         indices = np.arange(images.shape[0]) if example_indices is None else np.asarray(example_indices, np.int64)
         if isinstance(log_partition, str) and log_partition in evaluate.LOG_PARTITION_METHODS:
@@ -192,6 +216,8 @@ class LoadedModel:
         raise TypeError(f"log_partition must be a method name, 'card' or a float, got {log_partition!r}")
 
     def _decode(self, stream_key: jax.Array, z, decodes: int, batch_size: int, sampler: str) -> np.ndarray:
+        check_int(decodes, "decodes", 1)
+        check_int(batch_size, "batch_size", 1)
         images = sample.decode_latents(
             self.config,
             self.variables,
@@ -204,7 +230,15 @@ class LoadedModel:
         return sample.to_data_space(self.config, images)
 
     def _model_space(self, images) -> jax.Array:
-        return to_model_space(self.config, jnp.asarray(evaluate.check_images(self.config, images)))
+        return to_model_space(self.config, jnp.asarray(self._check_batch(images)))
+
+    def _check_batch(self, images) -> np.ndarray:
+        """`images` as uint8 [B, H, W, C] data-space pixels this model takes, B >= 1 (ValueError / TypeError
+        naming `images`)."""
+        images = evaluate.check_images(self.config, images)
+        if images.shape[0] == 0:
+            raise ValueError(f"images: an empty batch {images.shape}; give at least one image")
+        return images
 
 
 __all__ = ["LoadedModel", "load"]

@@ -104,15 +104,15 @@ def await_verdict_on(error: BaseException) -> None:
             return
 
 
-def exit_process(message: str) -> None:
-    """Ends this process of a multi-process run at once (`os._exit(1)`, no shutdown barrier) with
+def exit_process(message: str, status: int = 1) -> None:
+    """Ends this process of a multi-process run at once (`os._exit(status)`, no shutdown barrier) with
     `pvpp: process I of N: message` as its last line."""
     where = f"process {jax.process_index()} of {jax.process_count()}"
     logging.error("%s: %s", where, message)
     sys.stdout.flush()
     sys.stderr.write(f"pvpp: {where}: {message}\n")
     sys.stderr.flush()
-    os._exit(1)
+    os._exit(status)
 
 
 class Watch:

@@ -22,13 +22,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from pvpp import relax
+from pvpp import relax, settings
 from pvpp.likelihoods import LIKELIHOODS, make_likelihood
 from pvpp.nn.resnet import concat_elu
 from pvpp.nn.weightnorm import WNConv, WNConvTranspose, WNDense
@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 
+@settings.check_classified
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Everything that fixes the architecture. Variants: `config.replace(...)`.
@@ -71,6 +72,14 @@ class ModelConfig:
     encoder_filters: int = 64
     latent_map_channels: int = 16
     rbm_init_scale: float = 0.01
+
+    #: On resume (`pvpp.settings`): the architecture and its initialisation are the run; the relaxation's
+    #: temperature and the dropout rate shape the training objective only.
+    ON_RESUME: ClassVar[dict[str, str]] = {
+        "*": settings.FIXED,
+        "tau": settings.CHANGEABLE,
+        "dropout_rate": settings.CHANGEABLE,
+    }
 
     def __post_init__(self):
         image_shape = tuple(self.image_shape)

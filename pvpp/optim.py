@@ -21,17 +21,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from pvpp import settings
 from pvpp.validation import check_int
 
 PyTree = Any
 
 
+@settings.check_classified
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
     """Optimizer settings; the defaults are those of the paper (Adam settings of the paper and PixelCNN++).
@@ -59,6 +61,10 @@ class OptimConfig:
     ema_decay: float = 0.9995
     kl_warmup_steps: int = 10_000
     kl_start: float = 0.0
+
+    #: On resume (`pvpp.settings`): every optimizer setting may change on purpose (switching clipping on or off
+    #: changes the optimizer state's structure, which `pvpp.workdir.restore_or_init` converts).
+    ON_RESUME: ClassVar[dict[str, str]] = {"*": settings.CHANGEABLE}
 
     def __post_init__(self):
         if not self.learning_rate > 0:

@@ -1,7 +1,10 @@
 """The files of a training run: every name in a workdir, what each holds, and how to read them back.
 
     <workdir>/config.json        {"model": ModelConfig.to_dict(), "train": TrainConfig.to_dict(),
-                                  "data": DataConfig.to_dict(), "num_devices", "num_steps", "versions"}
+                                  "data": DataConfig.to_dict(), "num_devices", "num_steps", "versions"}: the
+                                 settings in force, and under "segments" those of every segment of the run
+                                 with the step it started from (`pvpp.training.resume`); written once the
+                                 resume checks passed and the state is restored, never before
     <workdir>/metrics.jsonl      one line per log period ("train/...") and per evaluation ("eval/...",
                                  "eval_ema/...", "log_partition..."), written by `pvpp.metrics.MetricsWriter`
     <workdir>/tensorboard/       the same scalars as TensorBoard event files (`tensorboard --logdir <workdir>`)
@@ -13,7 +16,8 @@
     <workdir>/eval/, samples/    written by `python -m pvpp.experiments.evaluate` / `sample`
     <workdir>/.lock              held (flock) by the training process while it runs: its pid and host (`lock`)
 
-Training (`pvpp.training.loop`) writes through `write_config`, `restore_or_init` and `export_ema`;
+A resumed run must keep the FIXED settings of `pvpp.settings` and may change the CHANGEABLE ones only when asked
+(`check_resumable`). Training (`pvpp.training.loop`) writes through `write_config`, `restore_or_init` and `export_ema`;
 evaluation and generation read through `load_for_inference`. Nothing here imports the training loop.
 """
 
@@ -34,9 +38,11 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from pvpp import checkpoint
+from pvpp import checkpoint, settings
 from pvpp.model import ModelConfig, PixelVAEPP
 from pvpp.optim import ema_params, make_optimizer
+from pvpp.results import atomic_write_bytes
+from pvpp.training import resume
 from pvpp.training.config import TrainConfig
 from pvpp.training.state import TrainState, init_train_state
 
@@ -53,7 +59,16 @@ _POSITION_KEYS = ("seed", "epoch", "batch_index")  # a data iterator's position 
 
 
 class WorkdirConflictError(ValueError):
-    """The workdir holds another run (its model, data, batch size or seed differ)."""
+    """The workdir holds another run (a FIXED setting of `pvpp.settings` differs), or parameters of another
+    model than the workdir's run were given."""
+
+
+class ChangedSettingsError(WorkdirConflictError):
+    """A resume changes settings a researcher may change on purpose, but that was not asked for."""
+
+
+class UnreadableConfigError(ValueError):
+    """A workdir's config.json is not a JSON object (damaged or edited by hand)."""
 
 
 class WorkdirBusyError(RuntimeError):
@@ -71,46 +86,73 @@ def write_config(workdir, description: Mapping[str, Any]) -> None:
 
 
 def read_config(workdir) -> dict[str, Any] | None:
-    """The run description in `<workdir>/config.json`, or None when there is none."""
+    """The run description in `<workdir>/config.json`, or None when there is none. UnreadableConfigError naming
+    the file when it is not a JSON object."""
     path = os.path.join(os.fspath(workdir), CONFIG_FILENAME)
     if not os.path.exists(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UnreadableConfigError(_unreadable_config(workdir, f"is not valid JSON ({err})")) from None
+    if not isinstance(value, dict) or not all(isinstance(value.get(k), dict) for k in ("model", "train")):
+        raise UnreadableConfigError(_unreadable_config(workdir, "does not hold a run description"))
+    return value
 
 
-def check_resumable(workdir, description: Mapping[str, Any]) -> None:
-    """A workdir holding another run (model, data, batch size or seed differ) is an error, not a restart."""
-    stored = read_config(workdir)
-    if stored is None:
-        return
-    new = json.loads(json.dumps(description))  # tuples -> lists, as stored
-    for part, names in (
-        ("model", None),
-        ("data", ("name", "train_split")),
-        ("train", ("batch_size", "seed")),
-    ):
-        old_part, new_part = stored.get(part, {}), new[part]
-        names = names or sorted(set(old_part) | set(new_part))
-        differ = [
-            f"{k}: {old_part.get(k)!r} -> {new_part.get(k)!r}"
-            for k in names
-            if old_part.get(k) != new_part.get(k)
-        ]
-        if differ:
-            raise WorkdirConflictError(
-                f"workdir {workdir} holds a run with another {part} configuration ({'; '.join(differ)}); "
-                "use a new workdir, or the original settings to resume"
-            )
+def _unreadable_config(workdir, problem: str) -> str:
+    return (
+        f"workdir {os.fspath(workdir)}: its {CONFIG_FILENAME} {problem}; it records the run's settings: restore it "
+        "(e.g. from a backup), or use a new workdir"
+    )
+
+
+def check_resumable(
+    workdir,
+    description: Mapping[str, Any],
+    *,
+    allow_changed_settings: bool = False,
+    names: Mapping[str, str] | None = None,
+) -> tuple[dict[str, Any] | None, list[resume.Change]]:
+    """Compares the run `description` with the one recorded in `<workdir>/config.json` (`pvpp.settings` kinds).
+
+    A FIXED setting that differs is another run: WorkdirConflictError. A CHANGEABLE one: ChangedSettingsError
+    unless allow_changed_settings. names: how the messages name each setting (path -> e.g. '--flag'; the entry
+    points give their flags; 'allow_changed_settings' and 'workdir' name those arguments). Returns (the record or
+    None, every difference found: the changes to record). Reads only.
+    """
+    recorded = read_config(workdir)
+    changes = resume.differences(recorded, description)
+    fixed = [c for c in changes if c.kind == settings.FIXED]
+    if fixed:
+        sections = [s for s in resume.SECTIONS if any(c.path.split(".")[0] == s for c in fixed)] or ["run"]
+        raise WorkdirConflictError(
+            f"{_named_workdir(workdir, names)} holds a run with another {' and '.join(sections)} configuration "
+            f"({'; '.join(c.describe(names) for c in fixed)}; recorded -> given), which a resumed run cannot "
+            f"change: use a new {resume.name_of('workdir', names)}, or the recorded values to resume"
+        )
+    changed = [c for c in changes if c.kind == settings.CHANGEABLE]
+    if changed and not allow_changed_settings:
+        allow = (names or {}).get("allow_changed_settings", "allow_changed_settings=True")
+        raise ChangedSettingsError(
+            f"{_named_workdir(workdir, names)} was trained with other settings "
+            f"({'; '.join(c.describe(names) for c in changed)}; recorded -> given): pass {allow} to resume with "
+            "the new ones (config.json then keeps both, with the step where the change starts), or the recorded "
+            "values to resume as before"
+        )
+    return recorded, changes
+
+
+def _named_workdir(workdir, names: Mapping[str, str] | None) -> str:
+    return f"{resume.name_of('workdir', names)} {os.fspath(workdir)}"
 
 
 def write_json(path: str, value: Mapping[str, Any]) -> None:
-    """Atomically (write then rename), so a killed process never leaves a half-written file."""
-    temporary = f"{path}.tmp"
-    with open(temporary, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(temporary, path)
+    """Atomically (a temporary file, flushed to disk, renamed), so a killed process never leaves a half-written
+    file."""
+    text = json.dumps(value, indent=2, sort_keys=True) + "\n"
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 @contextlib.contextmanager
@@ -176,11 +218,25 @@ def checkpoint_template(model_config: ModelConfig, train_config: TrainConfig, de
 
 
 def restore_or_init(
-    manager, template: dict, init, root_key, init_images, train_iter
+    manager, template: dict, init, root_key, init_images, train_iter, *, recorded_template=None
 ) -> tuple[TrainState, int | None]:
     """The latest readable checkpoint of `manager` (the iterator `train_iter` set to its position), else
-    `init(root_key, init_images)`. Returns (state, the restored step or None)."""
-    restored = manager.restore_latest(template)
+    `init(root_key, init_images)`. Returns (state, the restored step or None).
+
+    recorded_template: None, or a function giving the template of the recorded settings; when the checkpoints
+    have the structure of those (gradient clipping switched on or off, which adds or removes a leafless piece of
+    the optimizer state), the restored state is rebuilt in the structure of `template`.
+    """
+    try:
+        restored = manager.restore_latest(template)
+    except checkpoint.CheckpointMismatchError:
+        if recorded_template is None:
+            raise
+        restored = manager.restore_latest(recorded_template())
+        if restored is not None:
+            step, saved = restored
+            state = restructured(saved["train_state"], template["train_state"], f"the checkpoint of step {step}")
+            restored = step, {**saved, "train_state": state}
     if restored is None:
         logging.info("Initialising from one batch of %d images (data-dependent init).", len(init_images))
         return init(root_key, init_images), None
@@ -188,6 +244,19 @@ def restore_or_init(
     train_iter.set_state(saved["data_position"])
     logging.info("Resumed from the checkpoint of step %d in %s.", step, manager.directory)
     return saved["train_state"], step
+
+
+def restructured(state, template, what: str):
+    """`state`'s leaves in the tree structure of `template` (a pytree of arrays or `jax.ShapeDtypeStruct`s with
+    the same leaves in the same order, e.g. an optimizer state with or without a leafless clipping piece);
+    CheckpointMismatchError naming `what` when the leaves do not match one for one."""
+    leaves, wanted = jax.tree.leaves(state), jax.tree.leaves(template)
+    signature = [(tuple(x.shape), x.dtype) for x in leaves]
+    if signature != [(tuple(x.shape), x.dtype) for x in wanted]:
+        raise checkpoint.CheckpointMismatchError(
+            f"{what} cannot be converted to the state of the given settings (its arrays differ)"
+        )
+    return jax.tree.unflatten(jax.tree.structure(template), leaves)
 
 
 def export_is_intact(workdir, step: int) -> bool:
@@ -256,8 +325,11 @@ def load_for_inference(workdir=None, checkpoint_path=None) -> InferenceModel:
     if checkpoint_path is not None:
         model_config, params, exported = load_exported(checkpoint_path)
         if run is not None and ModelConfig.from_dict(run["model"]) != model_config:
-            raise ValueError(
-                f"the parameters at {checkpoint_path} are of another model than the run in {workdir}"
+            differ = resume.differences({"model": run["model"]}, {"model": model_config.to_dict()})
+            shown = "; ".join(f"{c.path.split('.', 1)[1]}: {c.recorded!r} vs {c.given!r}" for c in differ)
+            raise WorkdirConflictError(
+                f"checkpoint_path {os.fspath(checkpoint_path)} holds the parameters of another model than the run "
+                f"in workdir {os.fspath(workdir)} ({shown}; the run's vs the export's)"
             )
         if data_description is None and exported.get("dataset") is not None:
             data_description = {"name": exported["dataset"]}

@@ -96,9 +96,13 @@ def synthetic_splits() -> tuple[data.DataSplit, data.DataSplit]:
     )
 
 
-def run(workdir, **changes) -> train.TrainState:
+def run(workdir, *, allow_changed_settings: bool = True, **changes) -> train.TrainState:
+    """The tiny run with TRAIN's settings replaced by `changes`, in `workdir`. Tests resume runs with another
+    length or other periods on purpose, so changed settings are allowed unless allow_changed_settings=False."""
     train_data, eval_data = synthetic_splits()
-    return train.run_training(MODEL, TRAIN.replace(**changes), train_data, eval_data, workdir)
+    return train.run_training(
+        MODEL, TRAIN.replace(**changes), train_data, eval_data, workdir, allow_changed_settings=allow_changed_settings
+    )
 
 
 def assert_states_equal(got: train.TrainState, want: train.TrainState, exact: bool = True) -> None:

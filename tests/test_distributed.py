@@ -4,7 +4,12 @@
 The property: 2 processes x 4 devices make the training of 1 process x 8 devices at the same global batch (each
 process reads its part of every batch, the step's collectives span both), write the workdir's files once, stop
 together when one is killed (with pvpp's message naming it), resume from the last checkpoint, and evaluate to
-the same numbers as one process.
+the same numbers as one process. A SIGTERM to one of the processes stops both at the same saved step.
+
+Gloo connects the processes at the first collective over a set of devices and waits only 30 s there: with a cold
+compilation cache on busy cores the processes' compilations of the train step can end minutes apart, so
+`pvpp.distributed.warm_up_collectives` makes that connection while they are in step (a later collective waits as
+long as it takes).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import jax
 import numpy as np
 import pytest
 
-from pvpp import checkpoint, distributed, metrics, workdir as workdir_files
+from pvpp import checkpoint, distributed, metrics, stopping, workdir as workdir_files
 from pvpp.data import BatchIterator
 from pvpp.model import ModelConfig
 from pvpp.training.config import TrainConfig
@@ -196,10 +201,13 @@ def test_two_processes_train_like_one_stop_together_when_one_is_killed_resume_ev
     assert "pvpp: process 0 of 2: process 1 has not answered" in survivor, survivor[-3000:]
 
     # The same command on both processes resumes from the last checkpoint and ends like one process.
-    # With TensorBoard grids at the last step's evaluation: process 0 draws them alone, which must not make it
-    # wait for the others (nor them for it).
-    first_log, second_log = train(workdir, data_dir, 2, 4, logs, extra=["--eval_grids=2"])
+    # With TensorBoard grids at the last step's evaluation (a changed setting, allowed and recorded): process 0
+    # draws them alone, which must not make it wait for the others (nor them for it).
+    first_log, second_log = train(workdir, data_dir, 2, 4, logs, extra=["--eval_grids=2", "--allow_changed_settings"])
     assert f"Resumed from the checkpoint of step {steps_at_kill[-1]}" in first_log
+    segments = workdir_files.read_config(workdir)["segments"]
+    assert [s["start_step"] for s in segments] == [0, steps_at_kill[-1]]
+    assert [s["train"]["eval_grids"] for s in segments] == [0, 2]
     steps, step, got = latest_state(workdir)
     want_steps, _, want = latest_state(reference)
     assert step == NUM_STEPS and steps == want_steps == [2, 4, 6]
@@ -255,6 +263,35 @@ def test_two_processes_train_like_one_stop_together_when_one_is_killed_resume_ev
         assert sorted(one.files) == sorted(two.files)
         for name in one.files:
             np.testing.assert_array_equal(one[name], two[name], err_msg=name)
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_after_saving_the_same_step(tmp_path, data_dir):
+    """JAX's preemption service: process 1 alone gets SIGTERM; both save one checkpoint of the same step and exit
+    with the stop status, naming that step."""
+    workdir, logs = tmp_path / "run", tmp_path / "logs"
+    logs.mkdir()
+    flags = [
+        *TRAIN_FLAGS, "--num_steps=60", "--checkpoint_every=1000", "--log_every=1", "--eval_every=1000",
+        f"--workdir={workdir}", f"--data_dir={data_dir}",
+    ]
+    with processes("pvpp.experiments.caltech101", flags, num_processes=2, devices=4, logs=logs) as started:
+        deadline = time.monotonic() + 300
+        records = workdir / metrics.METRICS_FILENAME
+        while not (records.exists() and "train/loss" in records.read_text()):
+            assert all(p.poll() is None for p in started), "".join(output(p)[-3000:] for p in started)
+            assert time.monotonic() < deadline, "no training step within 300 s"
+            time.sleep(0.05)
+        started[1].send_signal(signal.SIGTERM)
+        for process in started:
+            process.wait(timeout=120)
+        texts = [output(process) for process in started]
+    assert [p.returncode for p in started] == [stopping.STOPPED_EXIT_STATUS] * 2, texts[0][-2000:] + texts[1][-2000:]
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert len(steps) == 1 and steps[0] < 60, steps
+    for index, text in enumerate(texts):
+        said = [line for line in text.splitlines() if line.startswith(f"pvpp: process {index} of 2: stopped by ")]
+        assert len(said) == 1 and f"after step {steps[0]}:" in said[0], text[-3000:]
+        assert "Traceback" not in text, text[-3000:]
 
 
 FAILING_PROGRAM = """

@@ -41,7 +41,9 @@ def test_an_old_workdir_loads_for_inference_and_resumes(tmp_path, caplog):
     assert_trees_equal(from_checkpoint.params, old_export.params)
 
     with caplog.at_level(logging.INFO):
-        state = train.run_training(MODEL, OLD_TRAIN.replace(num_steps=4), *synthetic_splits(), workdir)
+        state = train.run_training(
+            MODEL, OLD_TRAIN.replace(num_steps=4), *synthetic_splits(), workdir, allow_changed_settings=True
+        )
     assert any("Resumed from the checkpoint of step 2" in r.getMessage() for r in caplog.records)
     assert int(state.step) == 4 and state.chains.z_left.shape == (4, 4)
     assert all(bool(np.all(np.isfinite(np.asarray(leaf)))) for leaf in jax.tree.leaves(state.params))

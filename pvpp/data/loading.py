@@ -9,7 +9,9 @@ Directories:
 - `prepared_dir` (else env `PVPP_PREPARED_DIR`, else `~/.cache/pvpp/tfds`): where the prepared tfds copies are
   written. It must not lie inside `data_dir`. A prepared copy is reused as long as it exists; every accepted
   source file is checked against the canonical checksums first, so copies prepared from different folders hold
-  the same data.
+  the same data. A damaged copy (array_record files with flipped bytes or cut short, a broken dataset_info.json)
+  is reported in one warning naming its folder, removed and prepared again from the original files; a copy still
+  unreadable after that is a `PreparedCopyError` naming the folder to remove.
 
 Splits (`SPLITS`, defined in `pvpp.data.catalog` with `DATASET_NAMES` and `DataSplit`): "train", "validation",
 "test" and "train+validation".
@@ -29,13 +31,17 @@ pixels to [-1, 1]).
 
 import contextlib
 import dataclasses
+import functools
 import io
+import json
 import logging
 import os
 import pathlib
+import shutil
 
 import numpy as np
 import tensorflow_datasets as tfds
+from google.protobuf import json_format
 
 try:
     import fcntl  # POSIX only: elsewhere data preparation runs without the inter-process lock
@@ -48,8 +54,10 @@ from pvpp.validation import check_int
 from pvpp.data.catalog import DATASET_NAMES
 from pvpp.data.catalog import SPLITS
 from pvpp.data.catalog import DataSplit
+from pvpp.data.raw import DataFileError
 
 DEFAULT_PREPARED_DIR = pathlib.Path("~/.cache/pvpp/tfds")
+_LOG = logging.getLogger(__name__)
 _READ_CHUNK = 4096  # records decoded per data-source call when loading a split into memory
 
 
@@ -102,7 +110,48 @@ def load(
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     builder, origin = _prepare(name, data_dir, prepared_dir=prepared_dir, config=config)
-    tfds_split = _tfds_split(name, spec, split, builder.info.splits["train"].num_examples, validation_size)
+    try:
+        num_train = _num_train(builder)
+        tfds_split = _tfds_split(name, spec, split, num_train, validation_size)
+        images, labels = _read_split(builder, tfds_split, prepared_dir)
+    except _DAMAGED_RECORDS as err:  # the prepared copy, not the originals: rebuilt from them once
+        _rebuild(pathlib.Path(builder.data_dir), err, _origin(resolve_data_dir(data_dir)), prepared_dir, spec)
+        builder, origin = _prepare(name, data_dir, prepared_dir=prepared_dir, config=config)
+        try:
+            num_train = _num_train(builder)
+            tfds_split = _tfds_split(name, spec, split, num_train, validation_size)
+            images, labels = _read_split(builder, tfds_split, prepared_dir)
+        except _DAMAGED_RECORDS as again:
+            raise PreparedCopyError(
+                f"the prepared copy {builder.data_dir} is unreadable even after rebuilding it "
+                f"({_describe(again)}): remove it (rm -r {builder.data_dir}) and rerun"
+            ) from again
+    note = (
+        builders.OMNIGLOT_DEVIATION
+        if builder.builder_config and builder.builder_config.name == "resized_105"
+        else ""
+    )
+    return DataSplit(name, split, images, labels, spec.binarization, note, origin)
+
+
+class PreparedCopyError(DataFileError):
+    """A prepared copy that cannot be read even after it was rebuilt from the original files."""
+
+
+#: What a damaged array_record file (flipped bytes, truncated, missing: Riegeli's checks) or a dataset_info.json
+#: without splits raises when the prepared copy is read.
+_DAMAGED_RECORDS = (RuntimeError, KeyError)
+#: What a damaged dataset_info.json raises when its builder is made.
+_DAMAGED_INFO = (json_format.ParseError, json.JSONDecodeError, UnicodeDecodeError)
+
+
+def _num_train(builder) -> int:
+    """The number of training records the copy's dataset_info.json states (KeyError when it states none)."""
+    return builder.info.splits["train"].num_examples
+
+
+def _read_split(builder, tfds_split: str, prepared_dir) -> tuple[np.ndarray, np.ndarray | None]:
+    """The records of `tfds_split` of the prepared copy of `builder`, decoded (see `_read_all`)."""
     source = tfds.data_source(
         f"{builder.name}/{builder.builder_config.name}" if builder.builder_config else builder.name,
         split=tfds_split,
@@ -110,13 +159,46 @@ def load(
         download=False,
         builder_kwargs={"file_format": "array_record"},
     )
-    images, labels = _read_all(source, builder.info.features)
-    note = (
-        builders.OMNIGLOT_DEVIATION
-        if builder.builder_config and builder.builder_config.name == "resized_105"
-        else ""
-    )
-    return DataSplit(name, split, images, labels, spec.binarization, note, origin)
+    return _read_all(source, builder.info.features)
+
+
+def _rebuild(folder: pathlib.Path, err: BaseException, origin: str, prepared_dir, spec) -> None:
+    """Says in one line that the prepared copy `folder` is damaged and removes it, so that it is prepared again
+    from `origin`. Under the preparation lock, and only if the copy is still the one found damaged (another
+    process may have rebuilt it meanwhile)."""
+    found = _identity(folder)
+    lock = resolve_prepared_dir(prepared_dir) / f".{spec.builder.name}.lock"
+    with _exclusive(lock):
+        if found is None or _identity(folder) != found:
+            return
+        _LOG.warning(
+            "The prepared copy %s is damaged (%s); rebuilding it from %s (the original files are not changed).",
+            folder, _describe(err), origin,
+        )
+        shutil.rmtree(folder)
+
+
+def _identity(folder: pathlib.Path) -> tuple[int, int] | None:
+    try:
+        status = folder.stat()
+    except FileNotFoundError:
+        return None
+    return status.st_ino, status.st_mtime_ns
+
+
+def _copy_folder(prepared: pathlib.Path, spec: DatasetSpec, config: str | None) -> pathlib.Path:
+    """Where tfds keeps the prepared copy: <prepared>/<builder name>[/<config>]/<version>."""
+    folder = prepared / spec.builder.name
+    return (folder / config if config else folder) / str(spec.builder.VERSION)
+
+
+def _origin(data_root: pathlib.Path | None) -> str:
+    return f"the files in {data_root}" if data_root else "the originals (downloading them)"
+
+
+def _describe(err: BaseException) -> str:
+    first_line = (str(err).strip().splitlines() or [""])[0]
+    return f"{type(err).__name__}: {first_line[:200]}"
 
 
 def prepare(
@@ -145,12 +227,23 @@ def _prepare(name, data_dir, *, prepared_dir, config) -> tuple[tfds.core.Dataset
     # process did so first); the builder is made under the lock so that it sees a copy another process has
     # just finished.
     with _exclusive(prepared / f".{spec.builder.name}.lock"):
-        builder = spec.builder(
+        make = functools.partial(
+            spec.builder,
             data_dir=str(prepared),
             config=config,
             file_format="array_record",
             allow_download=data_root is None,
         )
+        try:
+            builder = make()
+        except _DAMAGED_INFO as err:  # the copy's dataset_info.json: the copy is rebuilt from the originals
+            folder = _copy_folder(prepared, spec, config)
+            _LOG.warning(
+                "The prepared copy %s is damaged (%s); rebuilding it from %s (the original files are not "
+                "changed).", folder, _describe(err), _origin(data_root),
+            )
+            shutil.rmtree(folder, ignore_errors=True)
+            builder = make()
         reused = os.path.isdir(builder.data_dir)  # tfds renames a finished copy into place: it is complete
         if not reused:
             origin = f"the files in {data_root}" if data_root else "the originals (downloading them)"

@@ -11,6 +11,13 @@ Every other default lives in the flag definitions below, taken from the dataclas
 `OptimConfig` and `AISConfig`. `configs_from_flags` validates the flags (each error names its flag) before
 anything is written; `main` then hands the configs to `pvpp.training.loop.train_and_evaluate`. Below this module only
 explicit values travel: nothing under pvpp/ except pvpp/experiments reads flags.
+
+The same command on the same --workdir resumes the run. Flags of FIXED settings (`pvpp.settings`: the model, the
+data, --batch_size, --seed, the RBM's chains) must keep their recorded values; CHANGEABLE ones (learning rate,
+optimizer, negative phase effort, evaluation, periods, length) may change with --allow_changed_settings, and the
+run records the change (`SETTING_FLAGS` names the flag of every recorded setting). SIGTERM or Ctrl-C finish the
+current step, save its checkpoint and end the command with one line and exit status 75
+(`pvpp.stopping.STOPPED_EXIT_STATUS`); the same command resumes from there.
 """
 
 from __future__ import annotations
@@ -81,7 +88,52 @@ def main(argv: Sequence[str], *, model_defaults: ModelConfig) -> None:
 
 def _train(model_defaults: ModelConfig) -> None:
     model_config, train_config, data_config, workdir = configs_from_flags(FLAGS, model_defaults)
-    train_and_evaluate(model_config, train_config, data_config, workdir)
+    train_and_evaluate(
+        model_config,
+        train_config,
+        data_config,
+        workdir,
+        allow_changed_settings=FLAGS.allow_changed_settings,
+        setting_names=SETTING_NAMES,
+    )
+
+
+#: The flag that sets each entry of config.json (`pvpp.training.resume` paths): a refused resume, a recorded
+#: change and a setting that does not fit name the flag. Model flags are named as the ModelConfig fields.
+SETTING_FLAGS = {
+    "data.name": "dataset",
+    "data.data_dir": "data_dir",
+    "data.train_split": "train_split",
+    "data.eval_split": "eval_split",
+    "data.variant": "data_variant",
+    "data.validation_size": "validation_size",
+    "num_devices": "num_devices",
+    "train.num_devices": "num_devices",
+    **{
+        f"train.{name}": name
+        for name in (
+            "batch_size", "num_steps", "num_epochs", "seed", "init_batch_size", "negative_phase", "num_chains",
+            "sweeps_per_step", "log_every", "eval_every", "eval_examples", "eval_batch_size", "eval_grids",
+            "checkpoint_every", "keep_checkpoints",
+        )
+    },
+    **{
+        f"train.optim.{name}": name
+        for name in ("learning_rate", "adam_b1", "adam_b2", "ema_decay", "grad_clip_norm", "kl_warmup_steps", "kl_start")
+    },
+    "train.optim.lr_decay_per_step": "lr_decay",
+    "train.negative_ais.num_chains": "negative_ais_chains",
+    "train.negative_ais.num_betas": "negative_ais_betas",
+    "train.log_z_ais.num_chains": "ais_chains",
+    "train.log_z_ais.num_betas": "ais_betas",
+    **{f"model.{name}": name for name in _MODEL_FLAGS},
+}
+#: How the training command's messages name the settings and its own arguments ('--flag').
+SETTING_NAMES = {
+    **{path: f"--{flag}" for path, flag in SETTING_FLAGS.items()},
+    "workdir": "--workdir",
+    "allow_changed_settings": "--allow_changed_settings",
+}
 
 
 def define_flags(
@@ -109,6 +161,15 @@ def define_flags(
         "workdir", None, "directory of the run: config.json, metrics.jsonl, checkpoints/", **fv
     )
     flags.mark_flag_as_required("workdir", flag_values=flag_values)
+    flags.DEFINE_boolean(
+        "allow_changed_settings",
+        False,
+        "resume a run with changed learning-rate, optimizer, negative-phase, evaluation, period or length flags "
+        "(without it such a resume is refused); config.json then records the settings of every segment with the "
+        "step it started from, and metrics.jsonl / TensorBoard note the change at that step. The model, data, "
+        "batch, seed and the RBM's chains can never change on resume",
+        **fv,
+    )
     flags.DEFINE_string(
         "data_dir",
         os.environ.get("PVPP_DATA_DIR") or None,

@@ -5,7 +5,12 @@ not bugs of pvpp. Every entry point runs its work through `exit_on_stopping_erro
 In a multi-process run (`pvpp.distributed`) a process that stops, on any error, says so naming itself and
 exits at once (`os._exit`), without jax's shutdown barrier: otherwise it would wait there, still sending
 heartbeats, while the others wait for it in a collective. It first tells the others (`pvpp.liveness.mark_failed`),
-which then stop at once."""
+which then stop at once.
+
+A command stopped by SIGTERM or SIGINT (`pvpp.stopping`) ends with one line and exit status
+`pvpp.stopping.STOPPED_EXIT_STATUS` (75): training after saving the checkpoint of the step that was running (with
+several processes every process stops at the same step and they exit together), anything else at once, leaving
+no partial file."""
 
 from __future__ import annotations
 
@@ -17,17 +22,21 @@ import traceback
 import warnings
 from typing import Any, Callable
 
+import jax
 from absl import app, logging
 
-from pvpp import checkpoint, distributed, liveness
+from pvpp import checkpoint, distributed, liveness, stopping
 from pvpp.data.raw import DataFileError
 from pvpp.experiments import console
 from pvpp.results import InconsistentResultError, ResultExistsError
-from pvpp.workdir import WorkdirBusyError, WorkdirConflictError
+from pvpp.training.config import SettingError
+from pvpp.workdir import UnreadableConfigError, WorkdirBusyError, WorkdirConflictError
 
 STOPPING_ERRORS = (
     WorkdirBusyError,
     WorkdirConflictError,
+    UnreadableConfigError,
+    SettingError,
     checkpoint.CheckpointWriteError,
     checkpoint.UnreadableCheckpointError,
     checkpoint.CorruptCheckpointError,
@@ -55,7 +64,12 @@ def exit_on_stopping_errors(work: Callable[..., Any], *args, **kwargs) -> Any:
     sys.unraisablehook = _drop_closed_loop_callbacks
     asyncio_logger.setLevel(std_logging.CRITICAL)
     try:
-        result = work(*args, **kwargs)
+        with stopping.interruptible():  # SIGTERM raises, as Ctrl-C does, so that clean-ups run
+            result = work(*args, **kwargs)
+    except stopping.TrainingStopped as err:
+        _stopped(str(err))
+    except (KeyboardInterrupt, stopping.Interrupted) as err:
+        _interrupted(err)
     except STOPPING_ERRORS as err:
         # The hooks stay: the failed writers' leftovers are collected while the interpreter shuts down (and
         # their never-awaited coroutines would each warn).
@@ -81,6 +95,31 @@ def _exit(message: str) -> None:
         sys.exit(f"pvpp: {message}")
     liveness.mark_failed()
     liveness.exit_process(message)
+
+
+def _stopped(message: str) -> None:
+    """Training stopped on request, its checkpoint saved: `message` as the last line, exit status
+    STOPPED_EXIT_STATUS. With several processes every one stopped at the same step: a normal exit (the processes'
+    shutdown waits for each other)."""
+    where = f"process {jax.process_index()} of {jax.process_count()}: " if distributed.is_multiprocess() else ""
+    logging.warning("%s%s", where, message)
+    sys.stdout.flush()
+    sys.stderr.write(f"pvpp: {where}{message}\n")
+    sys.stderr.flush()
+    sys.exit(stopping.STOPPED_EXIT_STATUS)
+
+
+def _interrupted(err: BaseException) -> None:
+    """Stopped by a signal before the work was done: one line, exit status STOPPED_EXIT_STATUS; with several
+    processes the others are told and stop too."""
+    message = f"{stopping.describe(err)} before the work was done; no partial file was left: rerun the command"
+    if distributed.is_multiprocess():
+        liveness.mark_failed()
+        liveness.exit_process(message, stopping.STOPPED_EXIT_STATUS)
+    sys.stdout.flush()
+    sys.stderr.write(f"pvpp: {message}\n")
+    sys.stderr.flush()
+    sys.exit(stopping.STOPPED_EXIT_STATUS)
 
 
 def _log_thread_failure(args: threading.ExceptHookArgs) -> None:

@@ -75,7 +75,14 @@ def load_source(flag_values: flags.FlagValues) -> Source:
         inference = workdir_files.load_for_inference(
             workdir if workdir and os.path.isdir(workdir) else None, checkpoint_path
         )
-    except (FileNotFoundError, checkpoint.CorruptCheckpointError, checkpoint.UnreadableCheckpointError) as err:
+    except workdir_files.UnreadableConfigError as err:
+        raise app.UsageError(f"--workdir: {err}") from err
+    except (
+        FileNotFoundError,
+        checkpoint.CorruptCheckpointError,
+        checkpoint.UnreadableCheckpointError,
+        workdir_files.WorkdirConflictError,
+    ) as err:
         flag = "--checkpoint" if checkpoint_path is not None else "--workdir"
         raise app.UsageError(f"{flag}: {err}") from err
     run_data = dict(inference.data or {})

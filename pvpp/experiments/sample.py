@@ -11,6 +11,8 @@ Writes into --output_dir (default <workdir>/samples/):
   reconstructions_sorted.png  the same rows ordered by energy distance (Figure 4's arrangement)
   samples.npz                 the latents, the images (uint8 data space: {0, 1} binary, 0..255 RGB), the orders
   samples.json                the settings (with the sampler that ran) and where the parameters came from
+Every file is written to a temporary file and renamed into place (samples.json last): an interrupted run (SIGTERM,
+Ctrl-C: one line, exit status 75) leaves no partial file.
 Prior 'none' (plain PixelCNN++): only the prior_samples grids (rows are plain samples). Uses the EMA parameters,
 dropout off. See pvpp/sample.py for the procedure. Several processes (`--coordinator_address`, ...) share the
 decoding, one batch per device, and process 0 writes the files: the same files as one process.
@@ -30,6 +32,7 @@ from pvpp.experiments import inference_common, processes
 from pvpp.experiments.errors import exit_on_stopping_errors, quiet_orbax_logs
 from pvpp.model import to_model_space
 from pvpp.priors import make_prior
+from pvpp.results import atomic_write_bytes
 
 FLAGS = flags.FlagValues()
 _DEFAULTS = sample.SampleConfig()
@@ -138,18 +141,15 @@ def execute(argv: list[str]) -> dict[str, str]:
         extra_arrays=extra,
     )
     paths["settings"] = os.path.join(output_dir, "samples.json")
-    with open(paths["settings"], "w", encoding="utf-8") as f:
-        json.dump(
-            {
-                "dataset": source.dataset,
-                "parameters": source.inference.source,
-                "settings": config.to_dict(),
-                "model": model_config.to_dict(),
-            },
-            f,
-            indent=2,
-        )
-        f.write("\n")
+    settings = {
+        "dataset": source.dataset,
+        "parameters": source.inference.source,
+        "settings": config.to_dict(),
+        "model": model_config.to_dict(),
+    }
+    # Written last, like every file here to a temporary file first and renamed: an interrupted run leaves the
+    # previous samples.json (or none), never a partial one.
+    atomic_write_bytes(paths["settings"], (json.dumps(settings, indent=2) + "\n").encode("utf-8"))
     print(
         f"wrote {', '.join(sorted(paths.values()))} in {time.perf_counter() - start:.1f} s ({config.sampler} sampler)"
     )

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
+from pvpp import settings
 from pvpp.data.catalog import DATASET_NAMES, SPLITS
 from pvpp.optim import OptimConfig
 from pvpp.priors import AISConfig, NegativePhaseConfig
@@ -14,6 +15,11 @@ from pvpp.priors.base import NEGATIVE_PHASES
 from pvpp.validation import check_choice, check_int
 
 
+class SettingError(ValueError):
+    """A setting that does not fit the data or the machine (the message names it)."""
+
+
+@settings.check_classified
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Which data: a name of `pvpp.data.DATASET_NAMES`, the folder of the original files, the splits.
@@ -29,6 +35,17 @@ class DataConfig:
     eval_split: str = "test"
     variant: str | None = None
     validation_size: int | None = None
+
+    #: On resume (`pvpp.settings`): the training images are the run; the evaluation split may change; the folder
+    #: of the originals is where they were found (the prepared copy is checksummed against the same originals).
+    ON_RESUME: ClassVar[dict[str, str]] = {
+        "name": settings.FIXED,
+        "train_split": settings.FIXED,
+        "variant": settings.FIXED,
+        "validation_size": settings.FIXED,
+        "eval_split": settings.CHANGEABLE,
+        "data_dir": settings.RECORDED,
+    }
 
     def __post_init__(self):
         if self.name not in DATASET_NAMES:
@@ -52,6 +69,7 @@ class StepConfig:
     negative_phase: NegativePhaseConfig = NegativePhaseConfig()
 
 
+@settings.check_classified
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything about a training run except the model and the data. Variants: `config.replace(...)`.
@@ -85,6 +103,32 @@ class TrainConfig:
     eval_grids: int = 8
     checkpoint_every: int = 2000
     keep_checkpoints: int = 3
+
+    #: On resume (`pvpp.settings`): FIXED what defines the run's data order, initial state and state shapes (the
+    #: global batch, the seed, the init batch, the RBM's persistent chains); CHANGEABLE the length, the optimizer,
+    #: the negative phase's effort, evaluation and periods; RECORDED the requested device count (the count in
+    #: use, config.json's "num_devices", is CHANGEABLE: it changes the reduction order).
+    ON_RESUME: ClassVar[dict[str, str]] = {
+        "batch_size": settings.FIXED,
+        "seed": settings.FIXED,
+        "init_batch_size": settings.FIXED,
+        "negative_phase": settings.FIXED,
+        "num_chains": settings.FIXED,
+        "num_steps": settings.CHANGEABLE,
+        "num_epochs": settings.CHANGEABLE,
+        "num_devices": settings.RECORDED,
+        "optim": settings.NESTED,
+        "sweeps_per_step": settings.CHANGEABLE,
+        "negative_ais": settings.CHANGEABLE,
+        "log_z_ais": settings.CHANGEABLE,
+        "log_every": settings.CHANGEABLE,
+        "eval_every": settings.CHANGEABLE,
+        "eval_examples": settings.CHANGEABLE,
+        "eval_batch_size": settings.CHANGEABLE,
+        "eval_grids": settings.CHANGEABLE,
+        "checkpoint_every": settings.CHANGEABLE,
+        "keep_checkpoints": settings.CHANGEABLE,
+    }
 
     def __post_init__(self):
         if (self.num_steps is None) == (self.num_epochs is None):

@@ -8,7 +8,10 @@ collectives can deadlock XLA's CPU devices), draws and copies batches in a backg
 step's loss, gradient norm and new parameters: a non-finite value raises `FloatingPointError` naming the step,
 and since a checkpoint of step N is written only after step N was checked, no bad state is ever saved.
 Logging, evaluation and checkpoints fire on their periods and on the final step. The files it writes are
-described in `pvpp.workdir`.
+described in `pvpp.workdir`; config.json is written only once the resume checks have passed and the state is
+restored (a refused resume leaves the workdir as it was), with the settings of every segment of the run.
+SIGTERM or SIGINT (`pvpp.stopping`) let the running step finish; it is logged and checkpointed, and the loop
+raises `stopping.TrainingStopped`; with several processes all stop at the same step (JAX's preemption service).
 
 Several processes (`pvpp.distributed`): every process runs this loop over its own devices and its own part of
 each global batch; the step's collectives make every process hold the same state and take the same decisions
@@ -26,7 +29,7 @@ import dataclasses
 import os
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -34,13 +37,13 @@ import numpy as np
 import optax
 from absl import logging
 
-from pvpp import checkpoint, data, distributed, workdir as workdir_files
+from pvpp import checkpoint, data, distributed, stopping, workdir as workdir_files
 from pvpp.metrics import MetricsWriter, ProgressLogger
 from pvpp.model import ModelConfig, PixelVAEPP
 from pvpp.optim import ema_params
-from pvpp.training import grids, periodic_eval
+from pvpp.training import grids, periodic_eval, resume
 from pvpp.training.compiled import step_functions
-from pvpp.training.config import DataConfig, TrainConfig
+from pvpp.training.config import DataConfig, SettingError, TrainConfig
 from pvpp.training.devices import (
     Prefetcher,
     device_sharding,
@@ -53,9 +56,16 @@ from pvpp.training.state import TrainState
 
 
 def train_and_evaluate(
-    model_config: ModelConfig, train_config: TrainConfig, data_config: DataConfig, workdir: str | os.PathLike
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    data_config: DataConfig,
+    workdir: str | os.PathLike,
+    *,
+    allow_changed_settings: bool = False,
+    setting_names: Mapping[str, str] | None = None,
 ) -> TrainState:
-    """Loads the data of `data_config` and trains (see `run_training`). Returns the final state."""
+    """Loads the data of `data_config` and trains (see `run_training`, which takes the keyword arguments).
+    Returns the final state."""
     if not isinstance(data_config, DataConfig):
         raise TypeError(f"data_config must be a DataConfig, got {type(data_config).__name__}")
     data_dir = data.loading.resolve_data_dir(data_config.data_dir)
@@ -68,7 +78,16 @@ def train_and_evaluate(
     logging.info("Data: %s read from %s.", data_config.name, train_data.source)
     # What was actually read, next to what was asked for (a data_dir without the files still finds the cache).
     description = {**data_config.to_dict(), "source": train_data.source}
-    return run_training(model_config, train_config, train_data, eval_data, workdir, data_description=description)
+    return run_training(
+        model_config,
+        train_config,
+        train_data,
+        eval_data,
+        workdir,
+        data_description=description,
+        allow_changed_settings=allow_changed_settings,
+        setting_names=setting_names,
+    )
 
 
 def run_training(
@@ -79,14 +98,21 @@ def run_training(
     workdir: str | os.PathLike,
     *,
     data_description: Mapping[str, Any] | None = None,
+    allow_changed_settings: bool = False,
+    setting_names: Mapping[str, str] | None = None,
 ) -> TrainState:
     """Trains `model_config` on `train_data`, resuming from the latest readable checkpoint in `workdir`.
 
-    Everything is validated before anything is written. Returns the final state (one copy, on the first
-    device). Raises FloatingPointError when a step produces a non-finite loss, gradient or parameter (nothing
-    after the last good checkpoint is saved).
+    Everything is validated before anything is written, the resume included (`workdir.check_resumable`: the
+    FIXED settings of `pvpp.settings` must match config.json's; CHANGEABLE ones may differ only with
+    allow_changed_settings, and config.json then records the new segment with the step it starts from, and
+    metrics.jsonl / TensorBoard a note at that step). setting_names: how messages name each setting (path ->
+    e.g. '--flag', see `pvpp.training.resume.name_of`). Returns the final state (one copy, on the first device).
+    Raises FloatingPointError when a step produces a non-finite loss, gradient or parameter (nothing after the
+    last good checkpoint is saved), and `pvpp.stopping.TrainingStopped` after SIGTERM or SIGINT (the checkpoint
+    of the step that was running is saved first).
     """
-    devices, local_devices = _check_run(model_config, train_config, train_data, eval_data, workdir)
+    devices, local_devices = _check_run(model_config, train_config, train_data, eval_data, workdir, setting_names)
     num_devices = len(devices)
     train_iter = data.batch_iterator(
         train_data,
@@ -104,7 +130,10 @@ def run_training(
         "num_steps": num_steps,
         "versions": {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__},
     }
-    workdir_files.check_resumable(workdir, run_description)
+    recorded, changes = workdir_files.check_resumable(
+        workdir, run_description, allow_changed_settings=allow_changed_settings, names=setting_names
+    )
+    resumed = _Resume(recorded, changes, setting_names)
 
     # -- validation passed: from here on the workdir is written, by this process only (process 0 of several).
     with workdir_files.lock(workdir) if distributed.is_primary() else contextlib.nullcontext():
@@ -117,18 +146,28 @@ def run_training(
             run_description,
             (devices, local_devices),
             train_iter,
+            resumed,
         )
 
 
-def _train(model_config, train_config, train_data, eval_data, workdir, run_description, devices, train_iter):
+class _Resume(NamedTuple):
+    """What `workdir.check_resumable` found: config.json's record (None: a new run), the settings that differ
+    from it, and how messages name the settings."""
+
+    recorded: dict[str, Any] | None
+    changes: list
+    names: Mapping[str, str] | None
+
+
+def _train(
+    model_config, train_config, train_data, eval_data, workdir, run_description, devices, train_iter, resumed
+):
     """`run_training` after validation, holding the workdir's lock. devices: (the step's, this process's)."""
     devices, local_devices = devices
     num_devices = len(devices)
     num_steps = run_description["num_steps"]
     model = PixelVAEPP(model_config)
     primary = distributed.is_primary()
-    if primary:
-        workdir_files.write_config(workdir, run_description)
     fns = step_functions(model_config, train_config, tuple(devices))
     mesh_sharding = device_sharding(local_devices)
     init_images = next(
@@ -143,6 +182,7 @@ def _train(model_config, train_config, train_data, eval_data, workdir, run_descr
     distributed.check_same_on_all_processes(
         (train_data.images, eval_data.images, init_images), "the training or evaluation data"
     )
+    distributed.warm_up_collectives(tuple(devices))  # while the processes are in step, before the long compiles
 
     # Asynchronous saves: the `finally` below closes the manager, so the last save completes.
     manager = checkpoint.CheckpointManager(
@@ -151,15 +191,22 @@ def _train(model_config, train_config, train_data, eval_data, workdir, run_descr
         async_save=True,
     )
     writer = prefetcher = None
+    stack = contextlib.ExitStack()
     try:
         template = workdir_files.checkpoint_template(model_config, train_config, local_devices[0])
         state, last_saved = workdir_files.restore_or_init(
-            manager, template, fns.init, root_key, init_images, train_iter
+            manager,
+            template,
+            fns.init,
+            root_key,
+            init_images,
+            train_iter,
+            recorded_template=_recorded_template(model_config, train_config, resumed.recorded, local_devices[0]),
         )
         step = start_step = int(state.step)
         distributed.check_same_on_all_processes(state, f"the training state at step {step}")
-        # What a killed run logged after this step is removed, so that no step appears twice.
-        writer = MetricsWriter(workdir, start_step=start_step) if primary else None
+        if primary:  # the checks passed and the state is restored: now the record is written
+            writer = _write_record(workdir, run_description, resumed, start_step)
         logging.info(
             "Training %s (prior %s, %.2f M parameters) on %s: steps %d -> %d, batch %d on %d device(s).",
             model_config.image_shape,
@@ -177,6 +224,8 @@ def _train(model_config, train_config, train_data, eval_data, workdir, run_descr
         period = _MeanOfSteps()
         log_z = None
         pending = None  # (step, metrics, data position) of the last dispatched step, not yet checked
+        stop_request = stack.enter_context(stopping.graceful_stop())  # SIGTERM / SIGINT: save this step, stop
+        stop_now = False
 
         def check(item: tuple[int, dict[str, jax.Array], Any]) -> None:
             """Reads one step's metrics (waits for that step); raises if anything was not finite."""
@@ -193,8 +242,8 @@ def _train(model_config, train_config, train_data, eval_data, workdir, run_descr
                     )
                 raise FloatingPointError(
                     f"non-finite training value at step {checked_step}: loss {values['loss']}, gradient norm "
-                    f"{values['grad_norm']} (or a NaN / inf parameter). {saved} Lower --learning_rate or set "
-                    "--grad_clip_norm before rerunning."
+                    f"{values['grad_norm']} (or a NaN / inf parameter). {saved} Rerun with a lower "
+                    "--learning_rate or a --grad_clip_norm, and --allow_changed_settings (the change is recorded)."
                 )
             period.add(values)
 
@@ -210,9 +259,10 @@ def _train(model_config, train_config, train_data, eval_data, workdir, run_descr
                 check(pending)  # step N - 1's metrics, read while step N runs
             pending = (step, metrics, position)
             is_last = step == num_steps
-            do_log = step % train_config.log_every == 0 or is_last
+            stop_now = stop_request.reached(step) and not is_last  # asked every step, on every process
+            do_log = step % train_config.log_every == 0 or is_last or stop_now
             do_eval = step % train_config.eval_every == 0 or is_last
-            do_save = step % train_config.checkpoint_every == 0 or is_last
+            do_save = step % train_config.checkpoint_every == 0 or is_last or stop_now
             if not (do_log or do_eval or do_save):
                 continue
             check(pending)
@@ -245,8 +295,13 @@ def _train(model_config, train_config, train_data, eval_data, workdir, run_descr
             if do_save:
                 manager.save(step, {"train_state": unreplicate(state), "data_position": position})
                 last_saved = step
+            if stop_now:
+                break
         if pending is not None:
             check(pending)
+        if stop_now:
+            manager.wait_until_finished()  # a failed save is reported as such, not as a stop
+            raise stopping.TrainingStopped(step, stop_request.reason, manager.directory)
         final = unreplicate(state)
         manager.wait_until_finished()
         if primary:
@@ -258,6 +313,35 @@ def _train(model_config, train_config, train_data, eval_data, workdir, run_descr
         _close(manager, failing=sys.exc_info()[1] is not None)  # waits for a save in flight
         if writer is not None:
             writer.close()
+        stack.close()  # the signals' previous handlers, once the last save is complete
+
+
+def _recorded_template(model_config, train_config, recorded, device):
+    """A function giving the checkpoint template of the recorded training settings when they differ from
+    `train_config` (`workdir.restore_or_init` converts checkpoints of another optimizer structure), else None."""
+    if recorded is None:
+        return None
+    try:
+        recorded_config = TrainConfig.from_dict(recorded["train"])
+    except (KeyError, TypeError, ValueError):  # a record of another version: only the given settings apply
+        return None
+    if recorded_config == train_config:
+        return None
+    return lambda: workdir_files.checkpoint_template(model_config, recorded_config, device)
+
+
+def _write_record(workdir, run_description, resumed, start_step: int) -> MetricsWriter:
+    """Writes config.json (the settings, and the segments with the one starting at `start_step`) and opens the
+    metrics, which note the changed settings at `start_step` when a segment starts there. Returns the writer."""
+    document, started = resume.record(resumed.recorded, run_description, start_step)
+    workdir_files.write_config(workdir, document)
+    # What a killed run logged after this step is removed, so that no step appears twice.
+    writer = MetricsWriter(workdir, start_step=start_step)
+    text = resume.note(resumed.changes, start_step, resumed.names) if started else None
+    if text is not None:
+        writer.write_note(start_step, text)
+        logging.warning("%s", text)
+    return writer
 
 
 def _export(workdir, model_config: ModelConfig, final: TrainState, *, finished_before: bool) -> None:
@@ -281,8 +365,9 @@ def _close(manager: checkpoint.CheckpointManager, *, failing: bool) -> None:
         logging.warning("%s", err)
 
 
-def _check_run(model_config, train_config, train_data, eval_data, workdir) -> tuple[tuple, tuple]:
-    """Validates the arguments of `run_training`; returns the devices of the step and this process's ones."""
+def _check_run(model_config, train_config, train_data, eval_data, workdir, names=None) -> tuple[tuple, tuple]:
+    """Validates the arguments of `run_training`; returns the devices of the step and this process's ones.
+    names: how messages name the settings (`resume.name_of`)."""
     if not isinstance(model_config, ModelConfig):
         raise TypeError(f"model_config must be a ModelConfig, got {type(model_config).__name__}")
     if not isinstance(train_config, TrainConfig):
@@ -305,8 +390,10 @@ def _check_run(model_config, train_config, train_data, eval_data, workdir) -> tu
     if eval_batch_size % num_devices:
         raise ValueError(f"eval_batch_size {eval_batch_size} is not a multiple of the {num_devices} devices")
     if len(train_data) < train_config.batch_size:
-        raise ValueError(
-            f"batch_size {train_config.batch_size} exceeds the {len(train_data)} training images"
+        raise SettingError(
+            f"{resume.name_of('train.batch_size', names)}={train_config.batch_size} exceeds the "
+            f"{len(train_data)} training images (split {train_data.split!r} of {train_data.name}): a batch must "
+            "fit in one epoch"
         )
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ValueError(f"workdir {workdir} exists and is not a directory")
