@@ -352,10 +352,8 @@ def load_params(path, template: PyTree | None = None) -> tuple[PyTree, dict[str,
       CorruptCheckpointError: the arrays read back differ from the integrity record, or are not finite.
     """
     path = _absolute(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no exported parameters at {path}")
     if not is_export(path):
-        raise FileNotFoundError(f"{path} holds no exported parameters (no {_PARAMS}/ folder)")
+        raise FileNotFoundError(f"no exported parameters at {path} (no {_PARAMS}/ folder)")
     has_record = (path / _INTEGRITY).exists()
     try:
         restored = _read_export(path, template, has_record)
