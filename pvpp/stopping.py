@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from absl import logging
 from jax.experimental import multihost_utils
 
-from pvpp import distributed
+from pvpp import distributed, liveness
 
 #: The exit status of a command stopped by SIGTERM or SIGINT (EX_TEMPFAIL): rerunning it continues or redoes it.
 STOPPED_EXIT_STATUS = 75
@@ -177,8 +177,7 @@ def _handlers(handlers) -> Iterator[None]:
 
 
 def _preemption_service_running() -> bool:
-    try:
-        from jax._src import distributed as jax_distributed  # the sync manager has no public handle
-    except ImportError:  # pragma: no cover
-        return False
-    return getattr(jax_distributed.global_state, "preemption_sync_manager", None) is not None
+    """Whether JAX's preemption sync manager runs (it has no public handle: reached as pvpp.liveness reaches JAX's
+    key-value store)."""
+    state = getattr(liveness._jax_distributed, "global_state", None)
+    return getattr(state, "preemption_sync_manager", None) is not None
