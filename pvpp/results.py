@@ -117,6 +117,7 @@ def atomic_write_bytes(path, data: bytes) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600: give the file the permissions open() would
         with os.fdopen(handle, "wb") as f:
             f.write(data)
             f.flush()
@@ -127,6 +128,12 @@ def atomic_write_bytes(path, data: bytes) -> None:
             os.remove(temporary)
         raise
     _fsync_folder(folder)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _existing(path: str) -> dict[str, Any] | None:
