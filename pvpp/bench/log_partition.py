@@ -110,8 +110,8 @@ def precision_check(*, quick: bool = False) -> dict:
 
     @jax.jit
     def logit_differences(params, z_left, z_right):
-        default_right = jnp.matmul(z_left, params.weights) + params.right_bias
-        default_left = jnp.matmul(z_right, params.weights.T) + params.left_bias
+        default_right = jnp.matmul(z_left, params.weights) + params.right_bias[None, :]
+        default_left = jnp.matmul(z_right, params.weights.T) + params.left_bias[None, :]
         right = jnp.max(jnp.abs(default_right - rbm.right_field(params, z_left)))
         left = jnp.max(jnp.abs(default_left - rbm.left_field(params, z_right)))
         return right, left
