@@ -9,6 +9,7 @@ The digest of an array is blake2b (16 bytes) of its dtype, shape and bytes; type
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -55,6 +56,16 @@ def fingerprints(tree: PyTree) -> dict[str, str]:
     """{tree path: blake2b digest (hex) of the leaf's dtype, shape and bytes} of a pytree of arrays and scalars
     (typed PRNG keys by their key data); one host copy of the whole tree."""
     return {path: _digest(value) for path, value in _host_leaves(tree).items()}
+
+
+def tree_digest(tree: PyTree) -> str:
+    """sha256 (hex) of the tree's `fingerprints`, sorted by path: one name for all of its arrays' contents."""
+    return fingerprints_digest(fingerprints(tree))
+
+
+def fingerprints_digest(found: Mapping[str, str]) -> str:
+    """`tree_digest` from fingerprints already computed."""
+    return hashlib.sha256(json.dumps(dict(found), sort_keys=True).encode()).hexdigest()
 
 
 def path_key(path) -> tuple[str, ...]:

@@ -18,7 +18,6 @@ the file, before anything is written.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -28,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from pvpp.integrity import fingerprints
+from pvpp.integrity import fingerprints, fingerprints_digest
 
 #: Summary keys that may differ between two runs of the same evaluation (how it was invoked).
 VOLATILE_KEYS = ("command",)
@@ -49,7 +48,7 @@ def write_results(
     path = os.fspath(path)
     arrays = {name: np.asarray(value) for name, value in per_image.items()}
     digests = fingerprints(arrays)
-    content_digest = hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16]
+    content_digest = fingerprints_digest(digests)[:16]
     stem = os.path.splitext(path)[0]
     arrays_path = f"{stem}.{content_digest}.npz"
     document = {**summary, "per_image": {"file": os.path.basename(arrays_path), "digests": digests}}

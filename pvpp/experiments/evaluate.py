@@ -14,8 +14,6 @@ and the conventions (fixed binarization of dynamically binarized test sets, key 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import shlex
@@ -27,7 +25,8 @@ from absl import app, flags, logging
 from pvpp import distributed, evaluate
 from pvpp.experiments import inference_common, processes
 from pvpp.experiments.errors import exit_on_stopping_errors, quiet_orbax_logs
-from pvpp.integrity import fingerprints
+from pvpp import results
+from pvpp.integrity import tree_digest
 from pvpp.priors.ais import PRESETS as AIS_PRESETS
 
 FLAGS = flags.FlagValues()
@@ -157,19 +156,20 @@ def parameters_id(source: dict, params, explicit_checkpoint: bool) -> str:
     step = source.get("step")
     if step is not None and not explicit_checkpoint:
         return f"step{int(step)}"
-    record = json.dumps(fingerprints(params), sort_keys=True).encode()
-    return "params-" + hashlib.sha256(record).hexdigest()[:12]
+    return "params-" + tree_digest(params)[:12]
 
 
 def main(argv: list[str]) -> None:
     """absl main (`python -m ...`): runs for the parsed FLAGS (one line, not a traceback, for a stopping error)."""
     quiet_orbax_logs()
     processes.start(FLAGS)  # before anything touches a device
-    exit_on_stopping_errors(execute, argv)
+    exit_on_stopping_errors(execute, argv, sys.argv)
 
 
-def execute(argv: list[str]) -> dict:
-    """Runs the evaluation for the parsed FLAGS; returns the summary that was written."""
+def execute(argv: list[str], invocation: list[str]) -> dict:
+    """Runs the evaluation for the parsed FLAGS; returns the summary that was written. argv: what flag parsing
+    left (the program name only); invocation: the whole command line (program name first), recorded in the
+    result as the command that made it."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = eval_config_from_flags(FLAGS)
@@ -180,7 +180,7 @@ def execute(argv: list[str]) -> dict:
         raise app.UsageError(f"--{err}") from err
     identity = parameters_id(source.inference.source, source.inference.params, FLAGS.checkpoint is not None)
     output = FLAGS.output or default_output(inference_common.results_dir(FLAGS), source.dataset, config, identity)
-    evaluate.results.check_replaceable(
+    results.check_replaceable(
         output, {"settings": config.to_dict(), "parameters_id": identity}, overwrite=FLAGS.overwrite
     )
     start = time.perf_counter()
@@ -203,7 +203,7 @@ def execute(argv: list[str]) -> dict:
         **result.summary,
         "ais_preset": FLAGS.ais_preset,
         "parameters_id": identity,
-        "command": " ".join(["python -m pvpp.experiments.evaluate"] + [shlex.quote(a) for a in argv_of_run()]),
+        "command": " ".join(["python -m pvpp.experiments.evaluate"] + [shlex.quote(a) for a in invocation[1:]]),
     }
     json_path, arrays_path = evaluate.write_results(output, summary, result.per_image, overwrite=FLAGS.overwrite)
     seconds = time.perf_counter() - start
@@ -223,18 +223,9 @@ def execute(argv: list[str]) -> dict:
     return summary
 
 
-def argv_of_run() -> list[str]:
-    """The flags this run was given (recorded in the result as the command that made it)."""
-    return list(_ARGV[1:])
-
-
-_ARGV: list[str] = list(sys.argv)
-
-
 def run(argv: list[str]) -> dict:
     """Parses argv (argv[0] is the program name) and runs: the in-process equivalent of the command."""
-    _ARGV[:] = list(argv)
-    return execute(inference_common.parse_flags(FLAGS, argv, __doc__))
+    return execute(inference_common.parse_flags(FLAGS, argv, __doc__), list(argv))
 
 
 def _describe(summary: dict, seconds: float, path: str) -> str:
