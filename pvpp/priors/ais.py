@@ -62,6 +62,8 @@ from pvpp.priors import rbm as _rbm
 from pvpp.relax import bernoulli_sample
 from pvpp.validation import check_choice, check_int, is_traced
 
+#: Where reverse AIS (`pvpp.priors.reverse_ais`) takes its states of the target from; 'none' skips it.
+REVERSE_STARTS = ("none", "exact", "forward_ais", "gibbs")
 #: Beta schedules accepted by `beta_schedule` / `ais_log_partition`.
 SCHEDULES = ("linear", "dense_near_one")
 
@@ -92,7 +94,7 @@ class AISConfig:
         check_int(self.num_betas, "num_betas", 2)
         check_int(self.sweeps_per_beta, "sweeps_per_beta", 0)
         check_choice(self.schedule, "schedule", SCHEDULES)
-        check_choice(self.reverse_start, "reverse_start", ("none", "exact", "forward_ais", "gibbs"))
+        check_choice(self.reverse_start, "reverse_start", REVERSE_STARTS)
         check_int(self.reverse_start_sweeps, "reverse_start_sweeps", 0)
 
     def replace(self, **changes) -> AISConfig:

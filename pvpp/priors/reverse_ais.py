@@ -45,9 +45,6 @@ from pvpp.priors import rbm as _rbm
 from pvpp.relax import bernoulli_sample
 from pvpp.validation import check_choice, check_int
 
-#: Where reverse AIS takes its states of the target from (see the module docstring); 'none' skips it.
-REVERSE_STARTS = ("none", "exact", "forward_ais", "gibbs")
-
 
 class ReverseAISResult(NamedTuple):
     """Outcome of `reverse_ais_log_partition` (nats).
@@ -123,7 +120,7 @@ def start_states(
     start: 'exact' (enumerates the smaller side: <= rbm.MAX_ENUMERATED_UNITS units), 'forward_ais' (needs the
     forward `AISResult`: its final z_left resampled by importance weight, then `start_sweeps` sweeps) or 'gibbs'
     (`start_sweeps` >= 1 sweeps from uniformly random states)."""
-    check_choice(start, "reverse_start", REVERSE_STARTS[1:])
+    check_choice(start, "reverse_start", _ais.REVERSE_STARTS[1:])
     check_int(num_chains, "num_chains", 1)
     check_int(start_sweeps, "start_sweeps", 0)
     if start == "exact":
