@@ -22,6 +22,8 @@ import jax
 import numpy as np
 import pytest
 
+from pvpp.data.raw import file_digest
+
 from helpers import assert_trees_equal
 
 import pvpp
@@ -29,7 +31,7 @@ import pvpp.zoo
 from pvpp import data, evaluate, train
 from pvpp.experiments import evaluate as evaluate_command
 from pvpp.model import ModelConfig
-from pvpp.zoo import check_subset, cli, names, provenance, registry, schema, weights
+from pvpp.zoo import check_subset, cli, names, registry, schema, weights
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHIPPED = [e.resolved for e in registry.shipped_entries()]
@@ -286,14 +288,14 @@ def test_flipped_bytes_renamed_or_misshaped_arrays_are_refused_naming_the_entry(
         ({**arrays, "extra/kernel": np.zeros(1, np.float32)}, "array extra/kernel of the weight file is not a parameter"),
     ):
         weights.write_arrays(path, changed)
-        card["files"]["weights"].update(sha256=provenance.sha256_of_file(path), size_bytes=path.stat().st_size)
+        card["files"]["weights"].update(sha256=file_digest(path), size_bytes=path.stat().st_size)
         card_path.write_text(json.dumps(card))
         with pytest.raises(pvpp.zoo.CorruptEntryError, match=f"^zoo entry {TINY}@r1: {message}"):
             pvpp.zoo.get(TINY)
 
     # A value changed and its digest faked: the per-array integrity record catches it.
     weights.write_arrays(path, {**arrays, name: arrays[name] + 1.0})
-    card["files"]["weights"].update(sha256=provenance.sha256_of_file(path), size_bytes=path.stat().st_size)
+    card["files"]["weights"].update(sha256=file_digest(path), size_bytes=path.stat().st_size)
     card_path.write_text(json.dumps(card))
     with pytest.raises(pvpp.zoo.CorruptEntryError, match=f"^zoo entry {TINY}@r1: 1 array.* differ"):
         pvpp.zoo.get(TINY)
@@ -311,7 +313,7 @@ def test_reference_outputs_that_the_weights_no_longer_give_are_refused(tiny, tmp
     weights.write_arrays(folder / "reference.npz", stored)
     card = json.loads((folder / "card.json").read_text())
     card["files"]["reference"].update(
-        sha256=provenance.sha256_of_file(folder / "reference.npz"), size_bytes=(folder / "reference.npz").stat().st_size
+        sha256=file_digest(folder / "reference.npz"), size_bytes=(folder / "reference.npz").stat().st_size
     )
     (folder / "card.json").write_text(json.dumps(card))
     with pytest.raises(pvpp.zoo.CorruptEntryError, match=f"^zoo entry {TINY}@r1: reference decoder_output recomputed"):

@@ -19,7 +19,7 @@ from pvpp.model import ModelConfig
 from pvpp.zoo import reference, registry, weights
 from pvpp.zoo.registry import GRID_FILENAME, REFERENCE_FILENAME, WEIGHTS_FILENAME
 from pvpp.zoo.errors import CorruptEntryError
-from pvpp.zoo.provenance import sha256_of_file
+from pvpp.data.raw import file_digest
 
 
 class Verified(NamedTuple):
@@ -95,7 +95,7 @@ def check_file(entry: registry.Entry, record: dict[str, Any], filename: str) -> 
     size = path.stat().st_size
     if size != record["size_bytes"]:
         raise CorruptEntryError(f"{where}: {filename} is {size} bytes, the card says {record['size_bytes']}")
-    digest = sha256_of_file(path)
+    digest = file_digest(path)
     if digest != record["sha256"]:
         raise CorruptEntryError(
             f"{where}: {filename} has sha256 {digest[:16]}..., the card says {record['sha256'][:16]}...: the file "

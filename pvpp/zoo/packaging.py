@@ -27,6 +27,7 @@ from pvpp.inference import LoadedModel
 from pvpp.likelihoods import make_likelihood
 from pvpp.model import ModelConfig
 from pvpp.priors import make_prior
+from pvpp.data.raw import file_digest
 from pvpp.zoo import access, check_subset, names, provenance, reference, registry, sections, weights
 from pvpp.zoo.errors import EntryExistsError, ZooError
 
@@ -284,7 +285,7 @@ def _flag_file(flag_file) -> dict[str, Any] | None:
             if found is None:
                 raise ZooError(f"package: flag file {flag_file} includes {include}, which cannot be found")
             text += f"\n# ---- included {include} ----\n" + found.read_text(encoding="utf-8")
-    return {"path": str(flag_file), "sha256": provenance.sha256_of_file(path), "text": text}
+    return {"path": str(flag_file), "sha256": file_digest(path), "text": text}
 
 
 def _machine(machine) -> dict[str, Any]:

@@ -4,7 +4,6 @@ digests and the training run's wall time. Used when a run is packaged (`pvpp.zoo
 from __future__ import annotations
 
 import datetime
-import hashlib
 import importlib.metadata
 import os
 import pathlib
@@ -15,6 +14,7 @@ from typing import Any
 import jax
 
 from pvpp import __version__, metrics
+from pvpp.data.raw import file_digest
 from pvpp.zoo.errors import ZooError
 
 #: Distributions whose versions a card records.
@@ -82,15 +82,7 @@ def now() -> str:
 def file_record(path) -> dict[str, Any]:
     """{'name', 'sha256', 'size_bytes'} of one file."""
     path = pathlib.Path(path)
-    return {"name": path.name, "sha256": sha256_of_file(path), "size_bytes": path.stat().st_size}
-
-
-def sha256_of_file(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return {"name": path.name, "sha256": file_digest(path), "size_bytes": path.stat().st_size}
 
 
 def source_files(dataset: str, data_dir, variant: str | None = None) -> list[dict[str, Any]]:
