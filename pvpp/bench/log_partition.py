@@ -100,11 +100,7 @@ def precision_check(*, quick: bool = False) -> dict:
     """Default against full float32 matmul precision of the RBM's sampling conditionals (see the docstring)."""
     rng = np.random.default_rng(0)
     num_left, num_right = 16, 64
-    params = rbm.RBMParams(
-        jnp.asarray(rng.normal(0, 0.5, num_left), jnp.float32),
-        jnp.asarray(rng.normal(0, 0.5, num_right), jnp.float32),
-        jnp.asarray(rng.normal(0, 0.5, (num_left, num_right)), jnp.float32),
-    )
+    params = _random_rbm(rng, num_left, num_right)
     z_left = jnp.asarray(rng.integers(0, 2, (1000, num_left)), jnp.float32)
     z_right = jnp.asarray(rng.integers(0, 2, (1000, num_right)), jnp.float32)
 
@@ -135,17 +131,21 @@ def _rbm_of(workdir: str | None, quick: bool) -> tuple[rbm.RBMParams, str]:
     if workdir is None:
         if not quick:
             raise SystemExit("pvpp: give --workdir=RUN (a run with an RBM prior) or --quick")
-        rng = np.random.default_rng(1)
-        return rbm.RBMParams(
-            jnp.asarray(rng.normal(0, 0.5, 16), jnp.float32),
-            jnp.asarray(rng.normal(0, 0.5, 16), jnp.float32),
-            jnp.asarray(rng.normal(0, 0.5, (16, 16)), jnp.float32),
-        ), "random 16 + 16 (quick)"
+        return _random_rbm(np.random.default_rng(1), 16, 16), "random 16 + 16 (quick)"
     found = workdir_files.load_for_inference(workdir=workdir)
     prior = make_prior(found.model_config)
     if prior.normalized:
         raise SystemExit(f"pvpp: the run in {workdir} has no RBM prior ({found.model_config.prior})")
     return prior.prior_params(found.params), f"{workdir} ({found.source['kind']}, step {found.source['step']})"
+
+
+def _random_rbm(rng: np.random.Generator, num_left: int, num_right: int) -> rbm.RBMParams:
+    """Biases and weights ~ N(0, 0.5^2), drawn from `rng` in that order."""
+    return rbm.RBMParams(
+        jnp.asarray(rng.normal(0, 0.5, num_left), jnp.float32),
+        jnp.asarray(rng.normal(0, 0.5, num_right), jnp.float32),
+        jnp.asarray(rng.normal(0, 0.5, (num_left, num_right)), jnp.float32),
+    )
 
 
 def _summary(result) -> dict:

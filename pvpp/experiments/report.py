@@ -74,17 +74,17 @@ def study_section(folder: str) -> str:
         lines += ["```bash", *study["commands"], "```", ""]
     if study.get("machine"):
         lines += [f"Machine and sharing: {study['machine']}", ""]
-    if not runs:
-        notes = [study["effort_findings"], ""] if study.get("effort_findings") else []
-        return "\n".join(lines + ["No evaluated runs yet.", ""] + _effort_tables(folder) + notes)
-    lines += _summary_table(runs, study.get("paper", {}))
-    lines += _runs_table(runs)
-    lines += _paired_table(runs)
-    lines += _convergence_table(runs)
+    if runs:
+        lines += _summary_table(runs, study.get("paper", {}))
+        lines += _runs_table(runs)
+        lines += _paired_table(runs)
+        lines += _convergence_table(runs)
+    else:
+        lines += ["No evaluated runs yet.", ""]
     lines += _effort_tables(folder)
     if study.get("effort_findings"):
         lines += [study["effort_findings"], ""]
-    if study.get("findings"):
+    if runs and study.get("findings"):
         lines += ["**What this shows.** " + study["findings"], ""]
     return "\n".join(lines)
 
