@@ -134,7 +134,8 @@ def _runs_table(runs) -> list[str]:
         bounds = nats.get("negative_log_likelihood_bounds")
         spread = nats.get("negative_log_likelihood_bounds_with_spread")
         if log_z is None:
-            reverse_text = interval_text = log_z_text = "normalised prior"
+            no_latents = variant == "pixelcnn"
+            reverse_text = interval_text = log_z_text = "exact (no latents)" if no_latents else "normalised prior"
         else:
             reverse = log_z.get("reverse") or {}
             reverse_text = "n/a" if not bounds else f"{-bounds[1]:.3f}"
