@@ -1,6 +1,7 @@
 """The results document is generated from the committed evaluation files and is up to date; the paired
 difference is computed per image on the same images."""
 
+import json
 import pathlib
 
 import numpy as np
@@ -52,3 +53,18 @@ def test_a_study_folder_becomes_its_tables(tmp_path):
     text = report.build_document(str(tmp_path))
     assert "## Toy" in text and "| PixelVAE++, RBM prior | 2 |" in text and "-1.50" in text
     assert "| over seeds: mean (sd) |" in text and text.count("| 0 | +") + text.count("| 1 | +") == 2
+
+
+def test_figures_are_shown_with_what_was_seen_and_a_missing_image_is_named(tmp_path):
+    """study.json's figures become Markdown images (paths relative to the experiments folder) with their notes."""
+    results_dir = tmp_path / "experiments" / "results"
+    study = results_dir / "toy_study"
+    study.mkdir(parents=True)
+    (tmp_path / "experiments" / "grid.png").write_bytes(b"png")
+    figure = {"title": "Toy grid", "image": "grid.png", "seen": "Round blobs."}
+    (study / "study.json").write_text(json.dumps({"title": "Toy", "figures": [figure]}))
+    text = report.build_document(str(results_dir))
+    assert "![Toy grid](grid.png)" in text and "*Toy grid.* Round blobs." in text
+    (study / "study.json").write_text(json.dumps({"title": "Toy", "figures": [{**figure, "image": "gone.png"}]}))
+    with pytest.raises(FileNotFoundError, match="gone.png"):
+        report.build_document(str(results_dir))

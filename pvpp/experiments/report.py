@@ -12,7 +12,8 @@ runs shared the machine and the paper's figures. The document written has, per s
 - every run: its LL with the standard error over images, the two-sided bounds from forward and reverse AIS, KL;
 - RBM - Gaussian paired per seed (the same test images: mean difference per image with its standard error and the
   share of images where the RBM is better) and over seeds;
-- k-convergence: the subset's estimate at the full run's k (from its per-image values) and at the subset's k.
+- k-convergence: the subset's estimate at the full run's k (from its per-image values) and at the subset's k;
+- figures (`study.json`'s `figures`: image paths relative to `experiments/`, each with what was seen in it).
 
 `--check` compares the document with the file on disk and exits 1 if they differ (the test suite runs it).
 """
@@ -81,12 +82,26 @@ def study_section(folder: str) -> str:
         lines += _convergence_table(runs)
     else:
         lines += ["No evaluated runs yet.", ""]
+    lines += _figures(study.get("figures", []), folder)
     lines += _effort_tables(folder)
     if study.get("effort_findings"):
         lines += [study["effort_findings"], ""]
     if runs and study.get("findings"):
         lines += ["**What this shows.** " + study["findings"], ""]
     return "\n".join(lines)
+
+
+def _figures(figures: list[dict], folder: str) -> list[str]:
+    """Markdown images with their captions; a path that does not exist (from `experiments/`) is an error."""
+    if not figures:
+        return []
+    lines = ["Samples and reconstructions (one seed per variant; what was seen in each grid is under it):", ""]
+    experiments_dir = os.path.dirname(os.path.dirname(os.path.abspath(folder)))
+    for figure in figures:
+        if not os.path.isfile(os.path.join(experiments_dir, figure["image"])):
+            raise FileNotFoundError(f"{folder}/study.json: figure {figure['image']} does not exist")
+        lines += [f"![{figure['title']}]({figure['image']})", "", f"*{figure['title']}.* {figure['seen']}", ""]
+    return lines
 
 
 def load_runs(folder: str) -> dict[tuple[str, int], dict[str, Any]]:
