@@ -37,6 +37,7 @@ from pvpp.experiments.errors import exit_on_stopping_errors, quiet_orbax_logs
 from pvpp.model import ModelConfig
 from pvpp.training.config import DataConfig, TrainConfig
 from pvpp.training.loop import train_and_evaluate
+from pvpp.validation import check_divisible
 
 FLAGS = flags.FLAGS
 #: The entry point (`python -m pvpp.experiments.<name>`) that trains each data set.
@@ -192,10 +193,16 @@ def configs_from_flags(
                 f"{available} (the batch is global, so the update is the same), or on a CPU set "
                 f"XLA_FLAGS=--xla_force_host_platform_device_count={f.num_devices // count}"
             )
-        if f.num_devices % count:
-            raise app.UsageError(f"--num_devices={f.num_devices} is not divisible by the {count} processes")
-    if f.num_devices is not None and f.batch_size % f.num_devices:
-        raise app.UsageError(f"--batch_size={f.batch_size} is not divisible by --num_devices={f.num_devices}")
+    num_devices = f.num_devices or jax.device_count()
+    devices = "devices" if f.num_devices else "devices (set --num_devices)"
+    try:
+        if f.num_devices is not None:
+            check_divisible(f.num_devices, "--num_devices", jax.process_count(), "processes")
+        for name in ("batch_size", "eval_batch_size"):
+            if f[name].value is not None:
+                check_divisible(f[name].value, f"--{name}", num_devices, devices)
+    except ValueError as err:
+        raise app.UsageError(str(err)) from err
     model_specs = _model_specs(model_defaults)
     try:
         model_config = config_flags.build(
@@ -210,15 +217,6 @@ def configs_from_flags(
         train_config = config_flags.build(TrainConfig, train_values)
     except ValueError as err:
         raise app.UsageError(f"training flags: {err}") from err
-    if train_config.num_devices is None and train_config.batch_size % jax.device_count():
-        raise app.UsageError(
-            f"--batch_size={f.batch_size} is not divisible by the {jax.device_count()} devices (set --num_devices)"
-        )
-    num_devices = train_config.num_devices or jax.device_count()
-    if f.eval_batch_size is not None and f.eval_batch_size % num_devices:
-        raise app.UsageError(
-            f"--eval_batch_size={f.eval_batch_size} is not divisible by the {num_devices} devices"
-        )
     data_values = config_flags.flag_values_by_path(_data_specs(), f)
     if f.data_dir is not None:
         data_values[("data_dir",)] = os.path.abspath(os.path.expanduser(f.data_dir))

@@ -12,7 +12,7 @@ from pvpp.data.catalog import DATASET_NAMES, SPLITS
 from pvpp.optim import OptimConfig
 from pvpp.priors import AISConfig, NegativePhaseConfig
 from pvpp.priors.base import NEGATIVE_PHASES
-from pvpp.validation import check_choice, check_int
+from pvpp.validation import check_choice, check_divisible, check_int
 
 
 class SettingError(ValueError):
@@ -185,10 +185,8 @@ class TrainConfig:
                 raise TypeError(
                     f"{name} must be a {expected.__name__}, got {type(getattr(self, name)).__name__}"
                 )
-        if self.num_devices is not None and self.batch_size % self.num_devices:
-            raise ValueError(
-                f"batch_size {self.batch_size} is not a multiple of num_devices {self.num_devices}"
-            )
+        if self.num_devices is not None:
+            check_divisible(self.batch_size, "batch_size", self.num_devices, "devices (num_devices)")
 
     @property
     def step_config(self) -> StepConfig:
