@@ -66,6 +66,7 @@ from pvpp.model import ModelConfig
 from pvpp.priors import AISConfig, make_prior
 from pvpp.priors.ais import PRESETS as AIS_PRESETS
 from pvpp.priors.base import LOG_PARTITION_METHODS
+from pvpp.settings import setting
 from pvpp.validation import check_choice, check_int
 
 SUBSET_STREAM = 2
@@ -100,14 +101,24 @@ class EvalConfig:
     ais: the AIS effort, forward and reverse (`pvpp.priors.AISConfig`; default: the 'cpu' preset).
     """
 
-    split: str = "test"
-    num_importance_samples: int = 1000
-    chunk_size: int = 100
-    batch_size: int = 4
-    num_examples: int | None = None
-    seed: int = 0
-    log_partition: str = "ais"
-    ais: AISConfig = AIS_PRESETS["cpu"]
+    split: str = setting("test", "Data split to evaluate.")
+    num_importance_samples: int = setting(1000, "k: hard latent samples per image (the paper: 1000).")
+    chunk_size: int = setting(
+        100,
+        f"Samples decoded at once per image; must divide k. Default: min(k, {DEFAULT_MAX_CHUNK}) when that divides "
+        "k, else the largest divisor of k below it.",
+    )
+    batch_size: int = setting(4, "Images per compiled batch (memory ~ batch_size * chunk_size decoder passes).")
+    num_examples: int | None = setting(
+        None, "Evaluate a fixed random subset (drawn with --seed) of this many images; default all."
+    )
+    seed: int = setting(0, "Root of every random stream (and of the fixed binarization).")
+    log_partition: str = setting(
+        "ais",
+        "log Z of the RBM prior: AIS, or exact enumeration (small RBMs).",
+        choices=LOG_PARTITION_METHODS,
+    )
+    ais: AISConfig = setting(AIS_PRESETS["cpu"], "(default: the preset's).", prefix="ais_")
 
     def __post_init__(self):
         check_choice(self.split, "split", data.SPLITS)

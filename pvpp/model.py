@@ -58,20 +58,28 @@ class ModelConfig:
 
     image_shape: tuple[int, int, int] = (28, 28, 1)
     likelihood: str = "bernoulli"
-    nr_resnet: int = 3
-    nr_filters: int = 64
-    nr_logistic_mix: int = 10
-    dropout_rate: float = 0.5
-    downsample: bool = True
-    num_concat_latents: int = 400
-    num_cond_latents: int = 0
-    shared_latents_per_layer: int = 0
-    prior: str = "rbm"
-    rbm_num_left: int = 200
-    tau: float = relax.DEFAULT_TAU
-    encoder_filters: int = 64
-    latent_map_channels: int = 16
-    rbm_init_scale: float = 0.01
+    nr_resnet: int = settings.setting(3, "gated ResNet blocks per resolution of the PixelCNN++ decoder", minimum=1)
+    nr_filters: int = settings.setting(64, "channels of the decoder", minimum=1)
+    nr_logistic_mix: int = settings.setting(
+        10, "components of the discretized logistic mixture (RGB data)", minimum=1
+    )
+    dropout_rate: float = settings.setting(0.5, "dropout in the gated ResNets")
+    downsample: bool = settings.setting(True, "three resolutions in the decoder (False: one, as for Caltech-101)")
+    num_concat_latents: int = settings.setting(400, "size of z1 (concatenated latents)", minimum=0)
+    num_cond_latents: int = settings.setting(0, "size of z2 (conditioning latents)", minimum=0)
+    shared_latents_per_layer: int = settings.setting(
+        0, "size of each z3 group (one per down-path output)", minimum=0
+    )
+    prior: str = settings.setting(
+        "rbm", "latent prior: " + ", ".join(PRIORS) + " ('none' = plain PixelCNN++)", choices=PRIORS
+    )
+    rbm_num_left: int = settings.setting(
+        200, "latents on the RBM's left side (the first ones of [z1, z2, z3])", minimum=0
+    )
+    tau: float = settings.setting(relax.DEFAULT_TAU, "temperature of the Gumbel-sigmoid relaxation")
+    encoder_filters: int = settings.setting(64, "channels of the z1 / z2 encoders and of f(z1)", minimum=1)
+    latent_map_channels: int = settings.setting(16, "channels of each f(z3) map", minimum=1)
+    rbm_init_scale: float = settings.setting(0.01, "standard deviation of the initial RBM weights")
 
     #: On resume (`pvpp.settings`): the architecture and its initialisation are the run; the relaxation's
     #: temperature and the dropout rate shape the training objective only.

@@ -52,15 +52,17 @@ class OptimConfig:
       kl_start: KL weight at step 0, in [0, 1].
     """
 
-    learning_rate: float = 1e-3
-    lr_decay_per_step: float = 0.999995
-    adam_b1: float = 0.95
-    adam_b2: float = 0.9995
+    learning_rate: float = settings.setting(1e-3, "Adam step size", minimum=0.0)
+    lr_decay_per_step: float = settings.setting(0.999995, "learning-rate decay per step", flag="lr_decay")
+    adam_b1: float = settings.setting(0.95, "Adam beta1")
+    adam_b2: float = settings.setting(0.9995, "Adam beta2")
     adam_eps: float = 1e-8
-    grad_clip_norm: float | None = None
-    ema_decay: float = 0.9995
-    kl_warmup_steps: int = 10_000
-    kl_start: float = 0.0
+    grad_clip_norm: float | None = settings.setting(
+        None, "clip gradients to this global norm (default: no clipping)"
+    )
+    ema_decay: float = settings.setting(0.9995, "Polyak / EMA decay of the parameters")
+    kl_warmup_steps: int = settings.setting(10_000, "steps of the linear KL warm-up", minimum=0)
+    kl_start: float = settings.setting(0.0, "KL weight at step 0")
 
     #: On resume (`pvpp.settings`): every optimizer setting may change on purpose (switching clipping on or off
     #: changes the optimizer state's structure, which `pvpp.workdir.restore_or_init` converts).

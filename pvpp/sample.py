@@ -56,6 +56,7 @@ from pvpp.likelihoods import make_likelihood
 from pvpp.model import ModelConfig, PixelVAEPP
 from pvpp.priors import make_prior
 from pvpp.training.devices import device_sharding, replicate
+from pvpp.settings import setting
 from pvpp.validation import check_choice, check_int
 
 LIKELIHOODS = likelihoods.LIKELIHOODS
@@ -198,6 +199,11 @@ def _check_decoder_output(out_shape: tuple[int, ...], shape: tuple[int, ...], li
 # the streams 'prior_latents', 'prior_decode', 'posterior_latents' and 'reconstruction_decode' of the root key.
 
 
+#: The decoders of `model_sampler`: incremental ('cached', `pvpp.cached_sampler`) or the whole decoder once per
+#: pixel ('naive', the reference).
+SAMPLERS = ("cached", "naive")
+
+
 @dataclasses.dataclass(frozen=True)
 class SampleConfig:
     """Settings of `python -m pvpp.experiments.sample`; the defaults here are its flag defaults.
@@ -210,16 +216,21 @@ class SampleConfig:
     sampler: 'cached' (incremental, the default) or 'naive' (the whole decoder once per pixel), see `SAMPLERS`.
     """
 
-    num_latents: int = 8
-    decodes_per_latent: int = 8
-    num_reconstructions: int = 8
-    decodes_per_image: int = 8
-    num_gibbs_sweeps: int = 50000
-    batch_size: int = 32
-    split: str = "test"
-    seed: int = 0
-    upscale: int = 2
-    sampler: str = "cached"
+    num_latents: int = setting(8, "Prior latents (rows).")
+    decodes_per_latent: int = setting(8, "Decodes of each prior latent (columns).")
+    num_reconstructions: int = setting(8, "Test images to reconstruct (0: none).")
+    decodes_per_image: int = setting(8, "Decodes of each image's latent.")
+    num_gibbs_sweeps: int = setting(50000, "Block-Gibbs sweeps per RBM chain.")
+    batch_size: int = setting(32, "Images decoded at once.")
+    split: str = setting("test", "Split the reconstructed images come from.")
+    seed: int = setting(0, "Root of every random stream.")
+    upscale: int = setting(2, "PNG pixels per image pixel.")
+    sampler: str = setting(
+        "cached",
+        "'cached': incremental, about one decoder pass per image; 'naive': the whole decoder once per pixel "
+        "(the reference). Both draw the same images from the same seed.",
+        choices=SAMPLERS,
+    )
 
     def __post_init__(self):
         for name, minimum in (
@@ -314,8 +325,7 @@ def _conditioning(module: PixelVAEPP, z: jax.Array) -> cached_sampler.Conditioni
 
 
 #: The samplers of `model_sampler`, by name: each builds `run(pixel_keys, variables, z)` for a configuration.
-_SAMPLER_BUILDERS = {"cached": _cached_model_sampler, "naive": _naive_model_sampler}
-SAMPLERS = tuple(_SAMPLER_BUILDERS)
+_SAMPLER_BUILDERS = dict(zip(SAMPLERS, (_cached_model_sampler, _naive_model_sampler)))
 
 
 def prior_latents(config: ModelConfig, params: Any, key: jax.Array, num: int, *, num_gibbs_sweeps: int) -> jax.Array:

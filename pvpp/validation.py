@@ -27,6 +27,14 @@ def check_int(value, name: str, minimum: int | None = None) -> int:
     return int(value)
 
 
+def check_divisible(value: int, name: str, count: int, parts: str = "devices") -> None:
+    """ValueError unless `value`, the setting `name` (a field, or a flag such as '--batch_size'), splits into `count`
+    equal parts (`parts`: 'devices', 'processes', with a hint if any), in the one message every check of a batch or
+    a device count against the devices or processes gives: '<name>=<value> is not divisible by the <count> <parts>'."""
+    if value % count:
+        raise ValueError(f"{name}={value} is not divisible by the {count} {parts}")
+
+
 def check_choice(value, name: str, choices) -> None:
     """ValueError unless `value` is one of `choices`."""
     if value not in tuple(choices):

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import json
 import os
 import socket
@@ -39,12 +38,12 @@ import numpy as np
 from absl import logging
 
 from pvpp import checkpoint, settings
-from pvpp.model import ModelConfig, PixelVAEPP
-from pvpp.optim import ema_params, make_optimizer
+from pvpp.model import ModelConfig
+from pvpp.optim import ema_params
 from pvpp.results import atomic_write_bytes
 from pvpp.training import resume
 from pvpp.training.config import TrainConfig
-from pvpp.training.state import TrainState, init_train_state
+from pvpp.training.state import TrainState, state_initializer
 
 try:
     import fcntl  # POSIX only: elsewhere a workdir is not locked
@@ -202,12 +201,7 @@ def checkpoint_template(model_config: ModelConfig, train_config: TrainConfig, de
     {"train_state": TrainState of jax.ShapeDtypeStruct, "data_position": {"seed", "epoch", "batch_index"}}.
     Pass it to `checkpoint.CheckpointManager.restore_latest` to read a run's checkpoints.
     """
-    init = functools.partial(
-        init_train_state,
-        PixelVAEPP(model_config),
-        make_optimizer(train_config.optim),
-        negative_phase=train_config.step_config.negative_phase,
-    )
+    init = state_initializer(model_config, train_config.optim, train_config.step_config.negative_phase)
     images = jax.ShapeDtypeStruct(
         (train_config.init_batch_size or train_config.batch_size,) + model_config.image_shape, jnp.uint8
     )

@@ -1,6 +1,7 @@
 """pvpp.checkpoint: bitwise round trips, keep-last-N, fallback past a corrupted checkpoint, survival of a
 SIGKILL mid-save, export / load of parameters."""
 
+import dataclasses
 import gc
 import logging
 import os
@@ -11,13 +12,16 @@ import sys
 import textwrap
 import time
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from pvpp import checkpoint, optim
+from helpers import MODEL, TRAIN
+from pvpp import checkpoint, optim, workdir
+from pvpp.training import compiled
 
 # When orbax fails to read a corrupted checkpoint, its pending read coroutines are left unawaited and, when
 # garbage-collected, report "Exception ignored in: <coroutine ...>". That is orbax's noise after an error we
@@ -349,3 +353,16 @@ def test_flipped_bytes_in_array_data_are_caught_by_the_integrity_record(tmp_path
     np.testing.assert_array_equal(restored["w"], state["w"])
     with pytest.raises(checkpoint.CorruptCheckpointError, match="differ from what was written.*w"):
         checkpoint.load_params(tmp_path / "export")
+
+
+def test_the_checkpoint_template_has_the_shapes_of_the_state_a_run_builds():
+    """One recipe for the train state and its optimizer: the checkpoint template (shapes only) is the state the
+    compiled init builds, leaf for leaf (clipped optimizer and PCD chains included)."""
+    config = TRAIN.replace(optim=dataclasses.replace(TRAIN.optim, grad_clip_norm=1.0))
+    device = jax.devices()[0]
+    template = workdir.checkpoint_template(MODEL, config, device)["train_state"]
+    init = compiled.step_functions(MODEL, config, (device,)).init
+    images = jax.ShapeDtypeStruct((config.batch_size, *MODEL.image_shape), jnp.uint8)
+    built = jax.eval_shape(init, jax.random.key(config.seed), images)
+    chex.assert_trees_all_equal_structs(template, built)
+    chex.assert_trees_all_equal_shapes_and_dtypes(template, built)

@@ -158,7 +158,7 @@ def test_flags_override_the_paper_defaults_and_epochs_replace_steps(tmp_path):
         (
             ["--batch_size=12", "--num_devices=8"],
             app.UsageError,
-            "--batch_size=12 is not divisible by --num_devices=8",
+            "--batch_size=12 is not divisible by the 8 devices",
         ),
         (["--num_devices=16"], app.UsageError, "--num_devices=16 exceeds"),
         (["--data_dir=/nonexistent/pvpp-data"], app.UsageError, "--data_dir=/nonexistent/pvpp-data"),

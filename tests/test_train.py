@@ -45,7 +45,7 @@ def test_train_config_rejects_bad_values():
         train.TrainConfig(num_steps=10, num_epochs=2)
     with pytest.raises(ValueError, match="exactly one of num_steps and num_epochs"):
         train.TrainConfig(num_steps=None)
-    with pytest.raises(ValueError, match="batch_size 10 is not a multiple of num_devices 4"):
+    with pytest.raises(ValueError, match=r"batch_size=10 is not divisible by the 4 devices \(num_devices\)"):
         train.TrainConfig(batch_size=10, num_devices=4)
     with pytest.raises(ValueError, match="negative_phase"):
         train.TrainConfig(negative_phase="cd")
@@ -59,7 +59,7 @@ def test_train_config_rejects_bad_values():
     "changes, data_changes, match",
     [
         (dict(num_devices=16, batch_size=16), {}, "num_devices 16 exceeds the 8 local devices"),
-        (dict(num_devices=None, batch_size=12), {}, "not a multiple of the 8 devices"),
+        (dict(num_devices=None, batch_size=12), {}, "batch_size=12 is not divisible by the 8 devices"),
         ({}, dict(images=np.zeros((64, 28, 28, 1), np.uint8)), r"images are \(28, 28, 1\)"),
         (dict(batch_size=128, num_devices=None), {}, "exceeds the 64 training images"),
     ],

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from pvpp.data import binarize
-from pvpp.validation import check_int
+from pvpp.validation import check_divisible, check_int
 
 REMAINDERS = ("drop", "pad", "keep")
 _STATE_KEYS = ("seed", "epoch", "batch_index")
@@ -80,8 +80,7 @@ class BatchIterator:
         check_int(seed, "seed", 0)
         if num_devices is not None:
             check_int(num_devices, "num_devices", 1)
-            if batch_size % num_devices:
-                raise ValueError(f"batch_size {batch_size} is not a multiple of num_devices {num_devices}")
+            check_divisible(batch_size, "batch_size", num_devices, "devices (num_devices)")
         if num_epochs is not None:
             check_int(num_epochs, "num_epochs", 0)
         if remainder not in REMAINDERS:
@@ -219,8 +218,8 @@ def _check_process_slice(process_slice, batch_size: int, num_devices: int | None
     if index >= count:
         raise ValueError(f"process index {index} must be below the process count {count}")
     for name, value in (("batch_size", batch_size), ("num_devices", num_devices)):
-        if value is not None and value % count:
-            raise ValueError(f"{name} {value} is not a multiple of the {count} processes")
+        if value is not None:
+            check_divisible(value, name, count, "processes")
     return index, count
 
 

@@ -7,8 +7,9 @@ their defaults - and calls `launch`:
     python -m pvpp.experiments.caltech101 --flagfile=experiments/caltech101_cpu.flags \
         --workdir=/tmp/pvpp_caltech
 
-Every other default lives in the flag definitions below, taken from the dataclass defaults of `TrainConfig`,
-`OptimConfig` and `AISConfig`. `configs_from_flags` validates the flags (each error names its flag) before
+Every other flag is derived from a field of `TrainConfig` (with its `OptimConfig` and `AISConfig`), `DataConfig` or
+`ModelConfig` by `pvpp.experiments.config_flags`: its name, default, help and bounds are declared once, on the field.
+`configs_from_flags` validates the flags (each error names its flag) before
 anything is written; `main` then hands the configs to `pvpp.training.loop.train_and_evaluate`. Below this module only
 explicit values travel: nothing under pvpp/ except pvpp/experiments reads flags.
 
@@ -31,14 +32,12 @@ import jax
 from absl import app, flags
 
 from pvpp import data
-from pvpp.experiments import processes
+from pvpp.experiments import config_flags, processes
 from pvpp.experiments.errors import exit_on_stopping_errors, quiet_orbax_logs
-from pvpp.model import PRIORS, ModelConfig
-from pvpp.optim import OptimConfig
-from pvpp.priors import AISConfig
-from pvpp.priors.base import NEGATIVE_PHASES
+from pvpp.model import ModelConfig
 from pvpp.training.config import DataConfig, TrainConfig
 from pvpp.training.loop import train_and_evaluate
+from pvpp.validation import check_divisible
 
 FLAGS = flags.FLAGS
 #: The entry point (`python -m pvpp.experiments.<name>`) that trains each data set.
@@ -49,25 +48,6 @@ ENTRY_POINT_OF_DATASET = {
     "omniglot": "omniglot",
     "cifar10": "cifar10",
 }
-
-# Model flags: name -> help. Their defaults come from the entry point's paper configuration.
-_MODEL_FLAGS = {
-    "prior": "latent prior: " + ", ".join(PRIORS) + " ('none' = plain PixelCNN++)",
-    "tau": "temperature of the Gumbel-sigmoid relaxation",
-    "nr_resnet": "gated ResNet blocks per resolution of the PixelCNN++ decoder",
-    "nr_filters": "channels of the decoder",
-    "nr_logistic_mix": "components of the discretized logistic mixture (RGB data)",
-    "dropout_rate": "dropout in the gated ResNets",
-    "downsample": "three resolutions in the decoder (False: one, as for Caltech-101)",
-    "num_concat_latents": "size of z1 (concatenated latents)",
-    "num_cond_latents": "size of z2 (conditioning latents)",
-    "shared_latents_per_layer": "size of each z3 group (one per down-path output)",
-    "rbm_num_left": "latents on the RBM's left side (the first ones of [z1, z2, z3])",
-    "encoder_filters": "channels of the z1 / z2 encoders and of f(z1)",
-    "latent_map_channels": "channels of each f(z3) map",
-    "rbm_init_scale": "standard deviation of the initial RBM weights",
-}
-
 
 def launch(datasets: Sequence[str], model_defaults: ModelConfig) -> None:
     """Defines the flags on the global FLAGS and runs `main` under absl (what `python -m ...` calls)."""
@@ -98,35 +78,29 @@ def _train(model_defaults: ModelConfig) -> None:
     )
 
 
+
+def _train_specs() -> list[config_flags.FlagSpec]:
+    """The flags of TrainConfig's fields (nested ones flattened, e.g. --lr_decay, --ais_betas)."""
+    return config_flags.flag_specs(TrainConfig)
+
+
+def _data_specs() -> list[config_flags.FlagSpec]:
+    return config_flags.flag_specs(DataConfig)
+
+
+def _model_specs(model_defaults: ModelConfig) -> list[config_flags.FlagSpec]:
+    """The model flags: ModelConfig's described fields, defaults from the entry point's paper configuration (the
+    image shape and likelihood are the data set's, not flags)."""
+    return config_flags.flag_specs(ModelConfig, model_defaults)
+
+
 #: The flag that sets each entry of config.json (`pvpp.training.resume` paths): a refused resume, a recorded
 #: change and a setting that does not fit name the flag. Model flags are named as the ModelConfig fields.
 SETTING_FLAGS = {
-    "data.name": "dataset",
-    "data.data_dir": "data_dir",
-    "data.train_split": "train_split",
-    "data.eval_split": "eval_split",
-    "data.variant": "data_variant",
-    "data.validation_size": "validation_size",
+    **{"data." + ".".join(spec.path): spec.name for spec in _data_specs()},
     "num_devices": "num_devices",
-    "train.num_devices": "num_devices",
-    **{
-        f"train.{name}": name
-        for name in (
-            "batch_size", "num_steps", "num_epochs", "seed", "init_batch_size", "negative_phase", "num_chains",
-            "sweeps_per_step", "log_every", "eval_every", "eval_examples", "eval_batch_size", "eval_grids",
-            "checkpoint_every", "keep_checkpoints",
-        )
-    },
-    **{
-        f"train.optim.{name}": name
-        for name in ("learning_rate", "adam_b1", "adam_b2", "ema_decay", "grad_clip_norm", "kl_warmup_steps", "kl_start")
-    },
-    "train.optim.lr_decay_per_step": "lr_decay",
-    "train.negative_ais.num_chains": "negative_ais_chains",
-    "train.negative_ais.num_betas": "negative_ais_betas",
-    "train.log_z_ais.num_chains": "ais_chains",
-    "train.log_z_ais.num_betas": "ais_betas",
-    **{f"model.{name}": name for name in _MODEL_FLAGS},
+    **{"train." + ".".join(spec.path): spec.name for spec in _train_specs()},
+    **{"model." + ".".join(spec.path): spec.name for spec in _model_specs(ModelConfig())},
 }
 #: How the training command's messages name the settings and its own arguments ('--flag').
 SETTING_NAMES = {
@@ -149,14 +123,8 @@ def define_flags(
     unknown = [name for name in datasets if name not in data.DATASET_NAMES]
     if not datasets or unknown:
         raise ValueError(f"datasets must be names of pvpp.data.DATASET_NAMES, got {datasets}")
-    train = _defaults(TrainConfig)
-    optim = _defaults(OptimConfig)
-    negative_ais, log_z_ais = train["negative_ais"], train["log_z_ais"]
-    model = dataclasses.asdict(model_defaults)
     fv = dict(flag_values=flag_values)
     processes.define_flags(flag_values)
-
-    # Run and data.
     flags.DEFINE_string(
         "workdir", None, "directory of the run: config.json, metrics.jsonl, checkpoints/", **fv
     )
@@ -170,18 +138,18 @@ def define_flags(
         "batch, seed and the RBM's chains can never change on resume",
         **fv,
     )
-    flags.DEFINE_string(
-        "data_dir",
-        os.environ.get("PVPP_DATA_DIR") or None,
-        "folder with the original data files (default: env PVPP_DATA_DIR)",
-        **fv,
-    )
-    flags.DEFINE_string(
-        "dataset",
-        datasets[0],
-        f"data set: {', '.join(datasets)} (every flag file states its own; another entry point's is refused)",
-        **fv,
-    )
+    data_specs = [
+        dataclasses.replace(
+            spec,
+            help=f"{spec.help}: {', '.join(datasets)} (every flag file states its own; another entry point's is refused)",
+        )
+        if spec.name == "dataset"
+        else spec
+        for spec in _data_specs()
+        if spec.name != "data_variant" or "omniglot" in datasets
+    ]
+    data_defaults = {"dataset": datasets[0], "data_dir": os.environ.get("PVPP_DATA_DIR") or None}
+    config_flags.define(data_specs, flag_values, defaults=data_defaults)
 
     def check_dataset(name: str) -> bool:
         if name in datasets:
@@ -194,143 +162,8 @@ def define_flags(
         )
 
     flags.register_validator("dataset", check_dataset, flag_values=flag_values)
-    if "omniglot" in datasets:
-        flags.DEFINE_enum(
-            "data_variant",
-            None,
-            ["chardata", "resized_105"],
-            "omniglot source: the 28x28 chardata.mat, or the 105x105 originals resized "
-            "(default: chardata when present)",
-            **fv,
-        )
-    flags.DEFINE_enum("train_split", "train", data.SPLITS, "split to train on", **fv)
-    flags.DEFINE_enum("eval_split", "test", data.SPLITS, "split of the periodic evaluation", **fv)
-    flags.DEFINE_integer(
-        "validation_size",
-        None,
-        "images held out of train as the validation split (default: the loader's; see pvpp.data.load)",
-        lower_bound=0,
-        **fv,
-    )
-
-    # Length, batch, devices.
-    flags.DEFINE_integer(
-        "batch_size", train["batch_size"], "global batch (all devices together)", lower_bound=1, **fv
-    )
-    flags.DEFINE_integer(
-        "num_steps", train["num_steps"], "optimizer steps of the whole run", lower_bound=1, **fv
-    )
-    flags.DEFINE_integer(
-        "num_epochs", None, "train for this many epochs instead of --num_steps", lower_bound=1, **fv
-    )
-    flags.DEFINE_integer(
-        "num_devices", None, "devices to use, over all processes (default: all)", lower_bound=1, **fv
-    )
-    flags.DEFINE_integer("seed", train["seed"], "root of every random stream", lower_bound=0, **fv)
-    flags.DEFINE_integer(
-        "init_batch_size",
-        None,
-        "images for the data-dependent init (default: --batch_size)",
-        lower_bound=1,
-        **fv,
-    )
-
-    # Optimizer.
-    flags.DEFINE_float("learning_rate", optim["learning_rate"], "Adam step size", lower_bound=0.0, **fv)
-    flags.DEFINE_float("lr_decay", optim["lr_decay_per_step"], "learning-rate decay per step", **fv)
-    flags.DEFINE_float("adam_b1", optim["adam_b1"], "Adam beta1", **fv)
-    flags.DEFINE_float("adam_b2", optim["adam_b2"], "Adam beta2", **fv)
-    flags.DEFINE_float("ema_decay", optim["ema_decay"], "Polyak / EMA decay of the parameters", **fv)
-    flags.DEFINE_float(
-        "grad_clip_norm",
-        optim["grad_clip_norm"],
-        "clip gradients to this global norm (default: no clipping)",
-        **fv,
-    )
-    flags.DEFINE_integer(
-        "kl_warmup_steps", optim["kl_warmup_steps"], "steps of the linear KL warm-up", lower_bound=0, **fv
-    )
-    flags.DEFINE_float("kl_start", optim["kl_start"], "KL weight at step 0", **fv)
-
-    # Model.
-    for name, help_text in _MODEL_FLAGS.items():
-        default = model[name]
-        if name == "prior":
-            flags.DEFINE_enum(name, default, PRIORS, help_text, **fv)
-        elif isinstance(default, bool):
-            flags.DEFINE_boolean(name, default, help_text, **fv)
-        elif isinstance(default, int):
-            minimum = (
-                1
-                if name
-                in ("nr_resnet", "nr_filters", "nr_logistic_mix", "encoder_filters", "latent_map_channels")
-                else 0
-            )
-            flags.DEFINE_integer(name, default, help_text, lower_bound=minimum, **fv)
-        else:
-            flags.DEFINE_float(name, default, help_text, **fv)
-
-    # RBM negative phase and AIS.
-    flags.DEFINE_enum(
-        "negative_phase",
-        train["negative_phase"],
-        NEGATIVE_PHASES,
-        "RBM negative phase: persistent chains (pcd) or fresh AIS samples every step (ais)",
-        **fv,
-    )
-    flags.DEFINE_integer("num_chains", train["num_chains"], "persistent chains (pcd)", lower_bound=1, **fv)
-    flags.DEFINE_integer(
-        "sweeps_per_step",
-        train["sweeps_per_step"],
-        "Gibbs sweeps of the chains per step",
-        lower_bound=0,
-        **fv,
-    )
-    flags.DEFINE_integer(
-        "negative_ais_chains",
-        negative_ais.num_chains,
-        "AIS chains of the ais negative phase",
-        lower_bound=1,
-        **fv,
-    )
-    flags.DEFINE_integer(
-        "negative_ais_betas",
-        negative_ais.num_betas,
-        "AIS temperatures of the ais negative phase",
-        lower_bound=2,
-        **fv,
-    )
-    flags.DEFINE_integer(
-        "ais_chains", log_z_ais.num_chains, "AIS chains for log Z at each evaluation", lower_bound=1, **fv
-    )
-    flags.DEFINE_integer(
-        "ais_betas", log_z_ais.num_betas, "AIS temperatures for log Z at each evaluation", lower_bound=2, **fv
-    )
-
-    # Periods.
-    flags.DEFINE_integer(
-        "log_every", train["log_every"], "steps between progress lines / train metrics", lower_bound=1, **fv
-    )
-    flags.DEFINE_integer("eval_every", train["eval_every"], "steps between evaluations", lower_bound=1, **fv)
-    flags.DEFINE_integer(
-        "eval_examples", train["eval_examples"], "images of the evaluation subset", lower_bound=1, **fv
-    )
-    flags.DEFINE_integer(
-        "eval_batch_size", None, "evaluation batch (default: --batch_size)", lower_bound=1, **fv
-    )
-    flags.DEFINE_integer(
-        "eval_grids",
-        train["eval_grids"],
-        "images in the sample and reconstruction grids written to TensorBoard at each evaluation (0: none)",
-        lower_bound=0,
-        **fv,
-    )
-    flags.DEFINE_integer(
-        "checkpoint_every", train["checkpoint_every"], "steps between checkpoints", lower_bound=1, **fv
-    )
-    flags.DEFINE_integer(
-        "keep_checkpoints", train["keep_checkpoints"], "checkpoints kept", lower_bound=1, **fv
-    )
+    config_flags.define(_train_specs(), flag_values)
+    config_flags.define(_model_specs(model_defaults), flag_values)
 
 
 def configs_from_flags(
@@ -360,66 +193,34 @@ def configs_from_flags(
                 f"{available} (the batch is global, so the update is the same), or on a CPU set "
                 f"XLA_FLAGS=--xla_force_host_platform_device_count={f.num_devices // count}"
             )
-        if f.num_devices % count:
-            raise app.UsageError(f"--num_devices={f.num_devices} is not divisible by the {count} processes")
-    if f.num_devices is not None and f.batch_size % f.num_devices:
-        raise app.UsageError(f"--batch_size={f.batch_size} is not divisible by --num_devices={f.num_devices}")
-    model_values = {name: f[name].value for name in _MODEL_FLAGS}
+    num_devices = f.num_devices or jax.device_count()
+    devices = "devices" if f.num_devices else "devices (set --num_devices)"
     try:
-        model_config = model_defaults.replace(**model_values)
+        if f.num_devices is not None:
+            check_divisible(f.num_devices, "--num_devices", jax.process_count(), "processes")
+        for name in ("batch_size", "eval_batch_size"):
+            if f[name].value is not None:
+                check_divisible(f[name].value, f"--{name}", num_devices, devices)
+    except ValueError as err:
+        raise app.UsageError(str(err)) from err
+    model_specs = _model_specs(model_defaults)
+    try:
+        model_config = config_flags.build(
+            ModelConfig, config_flags.flag_values_by_path(model_specs, f), model_defaults
+        )
     except ValueError as err:
         raise app.UsageError(f"model flags: {err}") from err
+    train_values = config_flags.flag_values_by_path(_train_specs(), f)
+    if f.num_epochs is not None:
+        train_values[("num_steps",)] = None
     try:
-        optim = OptimConfig(
-            learning_rate=f.learning_rate,
-            lr_decay_per_step=f.lr_decay,
-            adam_b1=f.adam_b1,
-            adam_b2=f.adam_b2,
-            grad_clip_norm=f.grad_clip_norm,
-            ema_decay=f.ema_decay,
-            kl_warmup_steps=f.kl_warmup_steps,
-            kl_start=f.kl_start,
-        )
-        train_config = TrainConfig(
-            batch_size=f.batch_size,
-            num_steps=None if f.num_epochs is not None else f.num_steps,
-            num_epochs=f.num_epochs,
-            num_devices=f.num_devices,
-            seed=f.seed,
-            optim=optim,
-            negative_phase=f.negative_phase,
-            num_chains=f.num_chains,
-            sweeps_per_step=f.sweeps_per_step,
-            negative_ais=AISConfig(num_chains=f.negative_ais_chains, num_betas=f.negative_ais_betas),
-            log_z_ais=AISConfig(num_chains=f.ais_chains, num_betas=f.ais_betas),
-            init_batch_size=f.init_batch_size,
-            log_every=f.log_every,
-            eval_every=f.eval_every,
-            eval_examples=f.eval_examples,
-            eval_batch_size=f.eval_batch_size,
-            eval_grids=f.eval_grids,
-            checkpoint_every=f.checkpoint_every,
-            keep_checkpoints=f.keep_checkpoints,
-        )
+        train_config = config_flags.build(TrainConfig, train_values)
     except ValueError as err:
         raise app.UsageError(f"training flags: {err}") from err
-    if train_config.num_devices is None and train_config.batch_size % jax.device_count():
-        raise app.UsageError(
-            f"--batch_size={f.batch_size} is not divisible by the {jax.device_count()} devices (set --num_devices)"
-        )
-    num_devices = train_config.num_devices or jax.device_count()
-    if f.eval_batch_size is not None and f.eval_batch_size % num_devices:
-        raise app.UsageError(
-            f"--eval_batch_size={f.eval_batch_size} is not divisible by the {num_devices} devices"
-        )
-    data_config = DataConfig(
-        name=f.dataset,
-        data_dir=None if f.data_dir is None else os.path.abspath(os.path.expanduser(f.data_dir)),
-        train_split=f.train_split,
-        eval_split=f.eval_split,
-        variant=f.data_variant if "data_variant" in f else None,
-        validation_size=f.validation_size,
-    )
+    data_values = config_flags.flag_values_by_path(_data_specs(), f)
+    if f.data_dir is not None:
+        data_values[("data_dir",)] = os.path.abspath(os.path.expanduser(f.data_dir))
+    data_config = config_flags.build(DataConfig, data_values)
     return model_config, train_config, data_config, os.path.abspath(os.path.expanduser(f.workdir))
 
 
@@ -436,7 +237,3 @@ def _check_writable_workdir(workdir: str) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise app.UsageError(f"--workdir={workdir}: {existing} is not writable by this user")
 
-
-def _defaults(cls) -> dict:
-    """A dataclass's field defaults: the single source of the flags' defaults."""
-    return {field.name: field.default for field in dataclasses.fields(cls)}

@@ -14,6 +14,7 @@ and the conventions (fixed binarization of dynamically binarized test sets, key 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shlex
@@ -23,14 +24,13 @@ import time
 from absl import app, flags, logging
 
 from pvpp import distributed, evaluate
-from pvpp.experiments import inference_common, processes
+from pvpp.experiments import config_flags, inference_common, processes
 from pvpp.experiments.errors import exit_on_stopping_errors, quiet_orbax_logs
 from pvpp import results
 from pvpp.integrity import tree_digest
 from pvpp.priors.ais import PRESETS as AIS_PRESETS
 
 FLAGS = flags.FlagValues()
-_DEFAULTS = evaluate.EvalConfig()
 
 inference_common.define_source_flags(FLAGS)
 processes.define_flags(FLAGS)
@@ -40,66 +40,17 @@ flags.DEFINE_string(
     "JSON file for the results (the .npz of per-image values goes next to it).",
     flag_values=FLAGS,
 )
-flags.DEFINE_string("split", _DEFAULTS.split, "Data split to evaluate.", flag_values=FLAGS)
-flags.DEFINE_integer(
-    "num_importance_samples",
-    _DEFAULTS.num_importance_samples,
-    "k: hard latent samples per image (the paper: 1000).",
-    flag_values=FLAGS,
-)
-flags.DEFINE_integer(
-    "chunk_size",
-    None,
-    f"Samples decoded at once per image; must divide k. Default: min(k, {evaluate.DEFAULT_MAX_CHUNK}) "
-    "when that divides k, else the largest divisor of k below it.",
-    flag_values=FLAGS,
-)
-flags.DEFINE_integer(
-    "batch_size",
-    _DEFAULTS.batch_size,
-    "Images per compiled batch (memory ~ batch_size * chunk_size decoder passes).",
-    flag_values=FLAGS,
-)
-flags.DEFINE_integer(
-    "num_examples",
-    _DEFAULTS.num_examples,
-    "Evaluate a fixed random subset (drawn with --seed) of this many images; default all.",
-    flag_values=FLAGS,
-)
-flags.DEFINE_integer(
-    "seed", _DEFAULTS.seed, "Root of every random stream (and of the fixed binarization).", flag_values=FLAGS
-)
-flags.DEFINE_enum(
-    "log_partition",
-    _DEFAULTS.log_partition,
-    list(evaluate.LOG_PARTITION_METHODS),
-    "log Z of the RBM prior: AIS, or exact enumeration (small RBMs).",
-    flag_values=FLAGS,
-)
+#: The EvalConfig flags; bad values are refused by EvalConfig / AISConfig (a UsageError naming the flag), not by
+#: flag bounds. Unset, --chunk_size is derived from k and each --ais_* flag keeps the --ais_preset's value.
+_SPECS = [dataclasses.replace(spec, minimum=None) for spec in config_flags.flag_specs(evaluate.EvalConfig)]
+_UNSET_BY_DEFAULT = ["chunk_size"] + [spec.name for spec in _SPECS if spec.path[0] == "ais"]
+config_flags.define(_SPECS, FLAGS, defaults=dict.fromkeys(_UNSET_BY_DEFAULT))
 flags.DEFINE_enum(
     "ais_preset",
     "cpu",
     list(AIS_PRESETS),
     "AIS effort: 'cpu' (1000 chains x 10,000 temperatures x 1 sweep, forward and reverse) or 'paper' (50,000 x "
-    "10,000 x 50, for a GPU); the --ais_* flags below override single settings of it.",
-    flag_values=FLAGS,
-)
-flags.DEFINE_integer("ais_num_chains", None, "AIS chains (default: the preset's).", flag_values=FLAGS)
-flags.DEFINE_integer("ais_num_betas", None, "AIS inverse temperatures (default: the preset's).", flag_values=FLAGS)
-flags.DEFINE_integer(
-    "ais_sweeps_per_beta", None, "Gibbs sweeps per temperature (default: the preset's).", flag_values=FLAGS
-)
-flags.DEFINE_string(
-    "ais_schedule", None, "'linear' or 'dense_near_one' (default: the preset's).", flag_values=FLAGS
-)
-flags.DEFINE_string(
-    "ais_reverse_start",
-    None,
-    "Start states of reverse AIS: 'forward_ais', 'gibbs', 'exact' (small RBMs) or 'none' (default: the preset's).",
-    flag_values=FLAGS,
-)
-flags.DEFINE_integer(
-    "ais_reverse_start_sweeps", None, "Gibbs sweeps applied to the reverse start states (default: the preset's).",
+    "10,000 x 50, for a GPU); the --ais_* flags override single settings of it.",
     flag_values=FLAGS,
 )
 flags.DEFINE_bool(
@@ -118,27 +69,14 @@ def eval_config_from_flags(flag_values: flags.FlagValues = FLAGS) -> evaluate.Ev
         chunk = evaluate.default_chunk_size(k)
     elif chunk < 1 or k % chunk:
         raise app.UsageError(f"--chunk_size ({chunk}) must be >= 1 and divide --num_importance_samples ({k})")
-    overrides = {
-        name: getattr(flag_values, f"ais_{name}")
-        for name in ("num_chains", "num_betas", "sweeps_per_beta", "schedule", "reverse_start", "reverse_start_sweeps")
-        if getattr(flag_values, f"ais_{name}") is not None
-    }
+    values = config_flags.flag_values_by_path(_SPECS, flag_values, skip_none=True)
+    values[("chunk_size",)] = chunk
+    base = evaluate.EvalConfig(num_importance_samples=k, chunk_size=chunk, ais=AIS_PRESETS[flag_values.ais_preset])
     try:
-        ais = AIS_PRESETS[flag_values.ais_preset].replace(**overrides)
+        return config_flags.build(evaluate.EvalConfig, values, base)
     except (ValueError, TypeError) as err:
-        raise app.UsageError(f"--ais_{err}") from err  # the messages start with the field name
-    try:
-        return evaluate.EvalConfig(
-            split=flag_values.split,
-            num_importance_samples=k,
-            chunk_size=chunk,
-            batch_size=flag_values.batch_size,
-            num_examples=flag_values.num_examples,
-            seed=flag_values.seed,
-            log_partition=flag_values.log_partition,
-            ais=ais,
-        )
-    except (ValueError, TypeError) as err:
+        if str(err).split(" ", 1)[0] in base.ais.to_dict():
+            raise app.UsageError(f"--ais_{err}") from err  # the AIS messages start with the field name
         raise app.UsageError(f"--{err}") from err  # the messages start with the field (= flag) name
 
 

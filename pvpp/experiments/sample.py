@@ -28,58 +28,27 @@ import jax
 from absl import app, flags, logging
 
 from pvpp import data, distributed, evaluate, sample
-from pvpp.experiments import inference_common, processes
+from pvpp.experiments import config_flags, inference_common, processes
 from pvpp.experiments.errors import exit_on_stopping_errors, quiet_orbax_logs
 from pvpp.model import to_model_space
 from pvpp.priors import make_prior
 from pvpp.results import atomic_write_bytes
 
 FLAGS = flags.FlagValues()
-_DEFAULTS = sample.SampleConfig()
 
 inference_common.define_source_flags(FLAGS)
 processes.define_flags(FLAGS)
 flags.DEFINE_string("output_dir", None, "Where the figures go; default <workdir>/samples.", flag_values=FLAGS)
-flags.DEFINE_integer("num_latents", _DEFAULTS.num_latents, "Prior latents (rows).", flag_values=FLAGS)
-flags.DEFINE_integer(
-    "decodes_per_latent",
-    _DEFAULTS.decodes_per_latent,
-    "Decodes of each prior latent (columns).",
-    flag_values=FLAGS,
-)
-flags.DEFINE_integer(
-    "num_reconstructions",
-    _DEFAULTS.num_reconstructions,
-    "Test images to reconstruct (0: none).",
-    flag_values=FLAGS,
-)
-flags.DEFINE_integer(
-    "decodes_per_image", _DEFAULTS.decodes_per_image, "Decodes of each image's latent.", flag_values=FLAGS
-)
-flags.DEFINE_integer(
-    "num_gibbs_sweeps", _DEFAULTS.num_gibbs_sweeps, "Block-Gibbs sweeps per RBM chain.", flag_values=FLAGS
-)
-flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Images decoded at once.", flag_values=FLAGS)
-flags.DEFINE_string("split", _DEFAULTS.split, "Split the reconstructed images come from.", flag_values=FLAGS)
-flags.DEFINE_integer("seed", _DEFAULTS.seed, "Root of every random stream.", flag_values=FLAGS)
-flags.DEFINE_integer("upscale", _DEFAULTS.upscale, "PNG pixels per image pixel.", flag_values=FLAGS)
-flags.DEFINE_enum(
-    "sampler",
-    _DEFAULTS.sampler,
-    list(sample.SAMPLERS),
-    "'cached': incremental, about one decoder pass per image; 'naive': the whole decoder once per pixel "
-    "(the reference). Both draw the same images from the same seed.",
-    flag_values=FLAGS,
-)
+_SPECS = config_flags.flag_specs(sample.SampleConfig)
+config_flags.define(_SPECS, FLAGS)
 
 
 def sample_config_from_flags(flag_values: flags.FlagValues = FLAGS) -> sample.SampleConfig:
     """The flags as a frozen SampleConfig; app.UsageError naming the flag for a bad value."""
     if flag_values.split not in data.SPLITS:
         raise app.UsageError(f"--split must be one of {data.SPLITS}, got {flag_values.split!r}")
-    names = [f.name for f in sample.SampleConfig.__dataclass_fields__.values()]
     try:
-        return sample.SampleConfig(**{name: getattr(flag_values, name) for name in names})
+        return config_flags.build(sample.SampleConfig, config_flags.flag_values_by_path(_SPECS, flag_values))
     except (ValueError, TypeError) as err:
         raise app.UsageError(f"--{err}") from err
 

@@ -58,6 +58,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from pvpp import settings
 from pvpp.priors import rbm as _rbm
 from pvpp.relax import bernoulli_sample
 from pvpp.validation import check_choice, check_int, is_traced
@@ -82,12 +83,14 @@ class AISConfig:
     uses the same M, K, sweeps and schedule. `PRESETS` holds the named evaluation settings.
     """
 
-    num_chains: int = 100
-    num_betas: int = 1000
-    sweeps_per_beta: int = 1
-    schedule: str = "linear"
-    reverse_start: str = "none"
-    reverse_start_sweeps: int = 1000
+    num_chains: int = settings.setting(100, "AIS chains", minimum=1)
+    num_betas: int = settings.setting(1000, "AIS temperatures", minimum=2)
+    sweeps_per_beta: int = settings.setting(1, "Gibbs sweeps per temperature", minimum=0)
+    schedule: str = settings.setting("linear", "'linear' or 'dense_near_one'")
+    reverse_start: str = settings.setting(
+        "none", "Start states of reverse AIS: 'forward_ais', 'gibbs', 'exact' (small RBMs) or 'none'"
+    )
+    reverse_start_sweeps: int = settings.setting(1000, "Gibbs sweeps applied to the reverse start states", minimum=0)
 
     def __post_init__(self):
         check_int(self.num_chains, "num_chains", 1)

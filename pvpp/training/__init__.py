@@ -3,7 +3,7 @@
     config.py         TrainConfig, DataConfig, StepConfig (what the compiled step reads), each field's kind on
                       resume (`pvpp.settings`)
     resume.py         what a resumed run changed, and config.json's segments (the settings from each resume on)
-    state.py          TrainState and its value at step 0 (`init_train_state`)
+    state.py          TrainState, its value at step 0 and the one recipe that builds it (`state_initializer`)
     step.py           the per-device train and evaluation steps (pmapped, axis 'batch')
     compiled.py       the compiled functions of a run, cached per (model, StepConfig, devices), with trace counts
     devices.py        the device layout, replication, and the prefetching thread

@@ -17,7 +17,7 @@ from pvpp.model import ModelConfig, PixelVAEPP
 from pvpp.optim import OptimConfig, make_optimizer
 from pvpp.priors import AISConfig, NegativePhaseConfig, make_prior
 from pvpp.training.config import StepConfig, TrainConfig
-from pvpp.training.state import init_train_state
+from pvpp.training.state import state_initializer
 from pvpp.training.step import AXIS, eval_step, train_step
 
 
@@ -70,12 +70,7 @@ class TraceCounter:
 
 @functools.lru_cache(maxsize=8)
 def _init_function(model_config: ModelConfig, optim: OptimConfig, negative_phase: NegativePhaseConfig):
-    counter = TraceCounter(
-        "init",
-        functools.partial(
-            init_train_state, PixelVAEPP(model_config), make_optimizer(optim), negative_phase=negative_phase
-        ),
-    )
+    counter = TraceCounter("init", state_initializer(model_config, optim, negative_phase))
     return jax.jit(counter), counter
 
 

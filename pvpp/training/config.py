@@ -12,7 +12,7 @@ from pvpp.data.catalog import DATASET_NAMES, SPLITS
 from pvpp.optim import OptimConfig
 from pvpp.priors import AISConfig, NegativePhaseConfig
 from pvpp.priors.base import NEGATIVE_PHASES
-from pvpp.validation import check_choice, check_int
+from pvpp.validation import check_choice, check_divisible, check_int
 
 
 class SettingError(ValueError):
@@ -29,12 +29,21 @@ class DataConfig:
     `pvpp.data.load`.
     """
 
-    name: str
-    data_dir: str | None = None
-    train_split: str = "train"
-    eval_split: str = "test"
-    variant: str | None = None
-    validation_size: int | None = None
+    name: str = settings.setting(help="data set", flag="dataset")
+    data_dir: str | None = settings.setting(None, "folder with the original data files (default: env PVPP_DATA_DIR)")
+    train_split: str = settings.setting("train", "split to train on", choices=SPLITS)
+    eval_split: str = settings.setting("test", "split of the periodic evaluation", choices=SPLITS)
+    variant: str | None = settings.setting(
+        None,
+        "omniglot source: the 28x28 chardata.mat, or the 105x105 originals resized (default: chardata when present)",
+        flag="data_variant",
+        choices=("chardata", "resized_105"),
+    )
+    validation_size: int | None = settings.setting(
+        None,
+        "images held out of train as the validation split (default: the loader's; see pvpp.data.load)",
+        minimum=0,
+    )
 
     #: On resume (`pvpp.settings`): the training images are the run; the evaluation split may change; the folder
     #: of the originals is where they were found (the prepared copy is checksummed against the same originals).
@@ -84,25 +93,43 @@ class TrainConfig:
     reconstruction grids written to TensorBoard at every evaluation (0: none; `pvpp.training.grids`).
     """
 
-    batch_size: int = 128
-    num_steps: int | None = 500_000
-    num_epochs: int | None = None
-    num_devices: int | None = None
-    seed: int = 0
-    optim: OptimConfig = OptimConfig()
-    negative_phase: str = "pcd"
-    num_chains: int = 100
-    sweeps_per_step: int = 1
-    negative_ais: AISConfig = AISConfig(num_chains=100, num_betas=100)
-    log_z_ais: AISConfig = AISConfig(num_chains=100, num_betas=1000)
-    init_batch_size: int | None = None
-    log_every: int = 100
-    eval_every: int = 10_000
-    eval_examples: int = 1000
-    eval_batch_size: int | None = None
-    eval_grids: int = 8
-    checkpoint_every: int = 2000
-    keep_checkpoints: int = 3
+    batch_size: int = settings.setting(128, "global batch (all devices together)", minimum=1)
+    num_steps: int | None = settings.setting(500_000, "optimizer steps of the whole run", minimum=1)
+    num_epochs: int | None = settings.setting(None, "train for this many epochs instead of --num_steps", minimum=1)
+    num_devices: int | None = settings.setting(None, "devices to use, over all processes (default: all)", minimum=1)
+    seed: int = settings.setting(0, "root of every random stream", minimum=0)
+    optim: OptimConfig = settings.setting(OptimConfig(), "")
+    negative_phase: str = settings.setting(
+        "pcd",
+        "RBM negative phase: persistent chains (pcd) or fresh AIS samples every step (ais)",
+        choices=NEGATIVE_PHASES,
+    )
+    num_chains: int = settings.setting(100, "persistent chains (pcd)", minimum=1)
+    sweeps_per_step: int = settings.setting(1, "Gibbs sweeps of the chains per step", minimum=0)
+    negative_ais: AISConfig = settings.setting(
+        AISConfig(num_chains=100, num_betas=100),
+        "of the ais negative phase",
+        subflags={"num_chains": "negative_ais_chains", "num_betas": "negative_ais_betas"},
+    )
+    log_z_ais: AISConfig = settings.setting(
+        AISConfig(num_chains=100, num_betas=1000),
+        "for log Z at each evaluation",
+        subflags={"num_chains": "ais_chains", "num_betas": "ais_betas"},
+    )
+    init_batch_size: int | None = settings.setting(
+        None, "images for the data-dependent init (default: --batch_size)", minimum=1
+    )
+    log_every: int = settings.setting(100, "steps between progress lines / train metrics", minimum=1)
+    eval_every: int = settings.setting(10_000, "steps between evaluations", minimum=1)
+    eval_examples: int = settings.setting(1000, "images of the evaluation subset", minimum=1)
+    eval_batch_size: int | None = settings.setting(None, "evaluation batch (default: --batch_size)", minimum=1)
+    eval_grids: int = settings.setting(
+        8,
+        "images in the sample and reconstruction grids written to TensorBoard at each evaluation (0: none)",
+        minimum=0,
+    )
+    checkpoint_every: int = settings.setting(2000, "steps between checkpoints", minimum=1)
+    keep_checkpoints: int = settings.setting(3, "checkpoints kept", minimum=1)
 
     #: On resume (`pvpp.settings`): FIXED what defines the run's data order, initial state and state shapes (the
     #: global batch, the seed, the init batch, the RBM's persistent chains); CHANGEABLE the length, the optimizer,
@@ -158,10 +185,8 @@ class TrainConfig:
                 raise TypeError(
                     f"{name} must be a {expected.__name__}, got {type(getattr(self, name)).__name__}"
                 )
-        if self.num_devices is not None and self.batch_size % self.num_devices:
-            raise ValueError(
-                f"batch_size {self.batch_size} is not a multiple of num_devices {self.num_devices}"
-            )
+        if self.num_devices is not None:
+            check_divisible(self.batch_size, "batch_size", self.num_devices, "devices (num_devices)")
 
     @property
     def step_config(self) -> StepConfig:

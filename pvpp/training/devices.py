@@ -18,6 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pvpp import distributed
 from pvpp.training.step import AXIS
+from pvpp.validation import check_divisible
 
 _PREFETCH = 2  # batches drawn and copied to the devices ahead of the step
 
@@ -31,8 +32,7 @@ def run_devices(num_devices: int | None) -> tuple[tuple[jax.Device, ...], tuple[
     """
     processes, local = jax.process_count(), jax.local_devices()
     num_devices = num_devices or len(local) * processes
-    if num_devices % processes:
-        raise ValueError(f"num_devices {num_devices} is not a multiple of the {processes} processes")
+    check_divisible(num_devices, "num_devices", processes, "processes")
     per_process = num_devices // processes
     if per_process > len(local):
         problem = f"exceeds the {len(local)} local devices" if processes == 1 else (

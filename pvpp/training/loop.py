@@ -53,6 +53,7 @@ from pvpp.training.devices import (
     unreplicate,
 )
 from pvpp.training.state import TrainState
+from pvpp.validation import check_divisible
 
 
 def train_and_evaluate(
@@ -374,10 +375,7 @@ def _check_run(model_config, train_config, train_data, eval_data, workdir, names
         raise TypeError(f"train_config must be a TrainConfig, got {type(train_config).__name__}")
     devices, local_devices = run_devices(train_config.num_devices)
     num_devices = len(devices)
-    if train_config.batch_size % num_devices:
-        raise ValueError(
-            f"batch_size {train_config.batch_size} is not a multiple of the {num_devices} devices"
-        )
+    check_divisible(train_config.batch_size, resume.name_of("train.batch_size", names), num_devices)
     for name, split in (("train_data", train_data), ("eval_data", eval_data)):
         if not isinstance(split, data.DataSplit):
             raise TypeError(f"{name} must be a pvpp.data.DataSplit, got {type(split).__name__}")
@@ -387,8 +385,7 @@ def _check_run(model_config, train_config, train_data, eval_data, workdir, names
                 f"{model_config.image_shape}"
             )
     eval_batch_size = train_config.eval_batch_size or train_config.batch_size
-    if eval_batch_size % num_devices:
-        raise ValueError(f"eval_batch_size {eval_batch_size} is not a multiple of the {num_devices} devices")
+    check_divisible(eval_batch_size, resume.name_of("train.eval_batch_size", names), num_devices)
     if len(train_data) < train_config.batch_size:
         raise SettingError(
             f"{resume.name_of('train.batch_size', names)}={train_config.batch_size} exceeds the "

@@ -1,7 +1,10 @@
-"""The train state (everything a training step changes and a checkpoint holds) and its value at step 0."""
+"""The train state (everything a training step changes and a checkpoint holds), its value at step 0, and the one
+recipe (`state_initializer`) that builds it for a run's settings."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -10,7 +13,8 @@ import jax.numpy as jnp
 import optax
 
 from pvpp import keys
-from pvpp.model import PixelVAEPP, to_model_space
+from pvpp.model import ModelConfig, PixelVAEPP, to_model_space
+from pvpp.optim import OptimConfig, make_optimizer
 from pvpp.priors import NegativePhaseConfig
 
 
@@ -56,4 +60,16 @@ def init_train_state(
     chains = prior.init_chains(prior.prior_params(params), chains_key, negative_phase)
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), chains=chains, key=key
+    )
+
+
+def state_initializer(
+    model_config: ModelConfig, optim: OptimConfig, negative_phase: NegativePhaseConfig = NegativePhaseConfig()
+) -> Callable[[jax.Array, jax.Array], TrainState]:
+    """The one recipe of a run's train state: `init(key, images)` is `init_train_state` of `PixelVAEPP(model_config)`
+    with the optimizer `make_optimizer(optim)` and the negative phase `negative_phase`. The compiled init
+    (`pvpp.training.compiled`) runs it; the checkpoint template (`pvpp.workdir.checkpoint_template`) takes its
+    shapes with `jax.eval_shape`, so what a checkpoint holds is what the run builds."""
+    return functools.partial(
+        init_train_state, PixelVAEPP(model_config), make_optimizer(optim), negative_phase=negative_phase
     )
