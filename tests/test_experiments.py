@@ -117,6 +117,32 @@ def test_cpu_budget_variants_differ_only_in_the_prior(tmp_path, monkeypatch, stu
         assert data_config == rbm_data, variant
 
 
+@pytest.mark.parametrize(
+    "flag_file, entry, dataset, variant, validation_size",
+    [("mnist_dynamic_cpu_budget_rbm", "mnist", "mnist", None, None),
+     ("omniglot_cpu_budget_rbm", "omniglot", "omniglot", "resized_105", 2000)],
+)
+def test_zoo_cpu_budget_runs_are_the_static_mnist_rbm_run_on_other_data(
+    tmp_path, monkeypatch, flag_file, entry, dataset, variant, validation_size
+):
+    """The zoo's dynamically binarized MNIST and Omniglot RBM models share every model, training and evaluation
+    setting with the statically binarized MNIST CPU-budget RBM run; only the data differ."""
+    monkeypatch.chdir(ROOT)
+    mnist = importlib.import_module("pvpp.experiments.mnist")
+    reference_flags = parse(
+        mnist, [f"--flagfile={ROOT / 'experiments' / 'mnist_static_cpu_budget_rbm.flags'}", f"--workdir={tmp_path}"]
+    )
+    reference = common.configs_from_flags(reference_flags, mnist.MODEL_DEFAULTS)[:3]
+    module = importlib.import_module(f"pvpp.experiments.{entry}")
+    flag_values = parse(module, [f"--flagfile={ROOT / 'experiments' / (flag_file + '.flags')}", f"--workdir={tmp_path}"])
+    model_config, train_config, data_config = common.configs_from_flags(flag_values, module.MODEL_DEFAULTS)[:3]
+    assert (data_config.name, data_config.variant, data_config.validation_size) == (dataset, variant, validation_size)
+    assert data_config.eval_split == "validation"
+    assert model_config == reference[0]
+    assert train_config == reference[1]
+    assert dataclasses.replace(data_config, name="binarized_mnist", variant=None, validation_size=None) == reference[2]
+
+
 def test_mnist_dataset_flag_picks_static_or_dynamic(tmp_path):
     module = importlib.import_module("pvpp.experiments.mnist")
     for name in ("mnist", "binarized_mnist"):
