@@ -19,13 +19,20 @@ import dataclasses
 import os
 from typing import Any
 
+from absl import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pvpp import checkpoint, evaluate, keys, sample, workdir
+from pvpp import keys
+from pvpp.evaluation import evaluate
+from pvpp.generation import sample
 from pvpp.model import ModelConfig, to_model_space
 from pvpp.priors import AISConfig, LogPartition, make_prior
+from pvpp.runs import checkpoint, workdir as workdir_files
+from pvpp.training import resume, saving
+from pvpp.training.config import TrainConfig
 from pvpp.validation import check_int
 from pvpp.zoo import access as zoo_access, registry as zoo_registry
 
@@ -42,17 +49,83 @@ def load(path: str | os.PathLike) -> LoadedModel:
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"path {path} is not a workdir or export: no such folder")
-    if os.path.exists(os.path.join(path, workdir.CONFIG_FILENAME)):
-        found = workdir.load_for_inference(workdir=path)
-    elif checkpoint.is_export(path):
-        found = workdir.load_for_inference(checkpoint_path=path)
+    if os.path.exists(os.path.join(path, workdir_files.CONFIG_FILENAME)):
+        return load_model(workdir=path)
+    if checkpoint.is_export(path):
+        return load_model(checkpoint_path=path)
+    raise FileNotFoundError(
+        f"path {path} is not a workdir or export: it holds neither {workdir_files.CONFIG_FILENAME} (a training "
+        "workdir) nor exported parameters (e.g. <workdir>/ema_params)"
+    )
+
+
+def load_model(workdir=None, checkpoint_path=None) -> LoadedModel:
+    """The model to evaluate or sample from (its EMA parameters), from a training workdir or an export.
+
+    checkpoint_path given: an export directory (`checkpoint.export_params`: the training run's
+    `<workdir>/ema_params`, or `workdir.export_for_inference`); its config is {'model': ..., ...} or a bare
+    ModelConfig dict. The workdir's config.json, if there is one, still provides the data description.
+    Otherwise workdir: `<workdir>/config.json` gives the model and data; the parameters are the newest of
+    `<workdir>/ema_params` (written at the end of training) and the EMA inside the latest checkpoint of
+    `<workdir>/checkpoints` (a run still going, or stopped before its end).
+    Raises FileNotFoundError naming what is missing.
+    """
+    if workdir is None and checkpoint_path is None:
+        raise ValueError("give a workdir or a checkpoint_path")
+    run = None
+    if workdir is not None:
+        run = workdir_files.read_config(workdir)
+        if run is None and checkpoint_path is None:
+            raise FileNotFoundError(
+                f"workdir {os.fspath(workdir)!r} has no {workdir_files.CONFIG_FILENAME}: not a training workdir "
+                "(give an exported parameter directory as checkpoint_path instead)"
+            )
+    data_description = None if run is None else dict(run["data"])
+    if checkpoint_path is not None:
+        model_config, params, exported = workdir_files.load_exported(checkpoint_path)
+        if run is not None and ModelConfig.from_dict(run["model"]) != model_config:
+            differ = resume.differences({"model": run["model"]}, {"model": model_config.to_dict()})
+            shown = "; ".join(f"{c.path.split('.', 1)[1]}: {c.recorded!r} vs {c.given!r}" for c in differ)
+            raise workdir_files.WorkdirConflictError(
+                f"checkpoint_path {os.fspath(checkpoint_path)} holds the parameters of another model than the run "
+                f"in workdir {os.fspath(workdir)} ({shown}; the run's vs the export's)"
+            )
+        if data_description is None and exported.get("dataset") is not None:
+            data_description = {"name": exported["dataset"]}
+        source = {"kind": "export", "path": os.path.abspath(checkpoint_path), "step": exported.get("step")}
+        return LoadedModel(model_config, params, data_description, source)
+
+    model_config = ModelConfig.from_dict(run["model"])
+    export_path = os.path.join(os.fspath(workdir), workdir_files.EMA_PARAMS_DIRNAME)
+    export, export_step = None, None
+    if os.path.exists(export_path):
+        try:
+            export = workdir_files.load_exported(export_path)
+            export_step = export[2].get("step")
+        except Exception as err:  # noqa: BLE001 -- a damaged export: the checkpoints still hold the EMA
+            logging.warning(
+                "The export %s cannot be used (%s); falling back to the EMA of the latest good checkpoint.",
+                export_path,
+                checkpoint.describe(err),
+            )
+    checkpoints_path = os.path.join(os.fspath(workdir), workdir_files.CHECKPOINT_DIRNAME)
+    latest = None
+    if os.path.isdir(checkpoints_path):
+        with checkpoint.CheckpointManager(checkpoints_path, read_only=True) as manager:
+            latest = manager.latest_step()
+    if export is not None and (latest is None or (export_step is not None and export_step >= latest)):
+        params = export[1]
+        source = {"kind": "ema_export", "path": os.path.abspath(export_path), "step": export_step}
+    elif latest is not None:
+        params, step = saving.ema_from_checkpoint(
+            model_config, TrainConfig.from_dict(run["train"]), checkpoints_path
+        )
+        source = {"kind": "checkpoint_ema", "path": os.path.abspath(checkpoints_path), "step": step}
     else:
         raise FileNotFoundError(
-            f"path {path} is not a workdir or export: it holds neither {workdir.CONFIG_FILENAME} (a training "
-            "workdir) nor exported parameters (e.g. <workdir>/ema_params)"
+            f"workdir {os.fspath(workdir)!r} has neither {workdir_files.EMA_PARAMS_DIRNAME} nor checkpoints"
         )
-    config = found.model_config.replace(dropout_rate=0.0)
-    return LoadedModel(config, found.params, found.data, found.source)
+    return LoadedModel(model_config, params, data_description, source)
 
 
 def load_zoo_entry(name: str) -> LoadedModel:
@@ -64,16 +137,18 @@ def load_zoo_entry(name: str) -> LoadedModel:
     data = {k: card["data"][k] for k in ("variant", "validation_size")}
     source = {"kind": "zoo", "name": entry.resolved, "path": str(entry.folder), "step": card["training"]["steps"]}
     data = {"name": card["data"]["dataset"], **data}
-    return LoadedModel(config.replace(dropout_rate=0.0), params, data, source, card)
+    return LoadedModel(config, params, data, source, card)
 
 
 @dataclasses.dataclass(frozen=True)
 class LoadedModel:
     """A trained PixelVAE++ with pure functions over uint8 images (see the module docstring).
 
-    config: the ModelConfig (dropout 0). params: its 'params' collection (EMA). data: the run's data description
-    (or None for a bare export). source: where the parameters came from ({'kind', 'path', 'step'}; a zoo entry
-    also has its resolved 'name'). card: a zoo entry's card (`pvpp.zoo.card`), else None.
+    config: the ModelConfig as trained (every function here runs without dropout). params: its 'params'
+    collection (EMA parameters of a training run). data: the run's `DataConfig.to_dict()` ({'name', 'data_dir',
+    'variant', 'validation_size', ...}; a zoo entry's or an export's data set name only), or None for a bare
+    export. source: where the parameters came from ({'kind', 'path', 'step'}; a zoo entry also has its resolved
+    'name'). card: a zoo entry's card (`pvpp.zoo.card`), else None.
     """
 
     config: ModelConfig
@@ -101,7 +176,7 @@ class LoadedModel:
         self, key: jax.Array, z, *, decodes: int = 1, batch_size: int = 32, sampler: str = "cached"
     ) -> np.ndarray:
         """Autoregressive decodes of latents z [N, K]: uint8 [N, decodes, H, W, C]. sampler: 'cached' or 'naive'
-        (the same images, `pvpp.sample.model_sampler`)."""
+        (the same images, `pvpp.generation.sample.model_sampler`)."""
         if np.shape(z)[:1] == (0,):
             raise ValueError("z: an empty batch of latents [0, K]; give at least one")
         return self._decode(keys.stream(key, "prior_decode"), z, decodes, batch_size, sampler)
@@ -169,7 +244,7 @@ class LoadedModel:
         ais: AISConfig = AISConfig(num_chains=1000, num_betas=10000),
         example_indices=None,
     ) -> np.ndarray:
-        """Importance-weighted log p(x) per image, nats [B] (`pvpp.evaluate`: k = num_samples hard samples, log Z
+        """Importance-weighted log p(x) per image, nats [B] (`pvpp.evaluation.evaluate`: k = num_samples hard samples, log Z
         of an RBM prior by `log_partition`: 'ais' with `ais`, 'exact', 'card' (the log Z a zoo entry's card
         records) or a float (a log Z known already, nats)). example_indices: [B] each image's index in its split,
         which places its samples' keys as the evaluation command does (default 0..B-1): with the evaluation's

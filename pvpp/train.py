@@ -1,19 +1,20 @@
-"""Training PixelVAE++: the public names, gathered from `pvpp.training` (one file per part) and `pvpp.workdir`.
+"""Training PixelVAE++: the public names, gathered from `pvpp.training` (one file per part) and `pvpp.runs.workdir`.
 
     from pvpp import train
     train.train_and_evaluate(model_config, train.TrainConfig(...), train.DataConfig("mnist"), "runs/x")
     train.run_training(model_config, train_config, train_data, eval_data, "runs/x")   # DataSplits in memory
 """
 
+from pvpp.parallel.devices import AXIS, device_sharding, replicate, unreplicate
 from pvpp.priors import AISConfig
 from pvpp.priors.base import NEGATIVE_PHASES
-from pvpp.training.compiled import StepFunctions, step_functions
+from pvpp.runs.workdir import CHECKPOINT_DIRNAME, CONFIG_FILENAME, EMA_PARAMS_DIRNAME
+from pvpp.training.compiled import step_functions, StepFunctions
 from pvpp.training.config import DataConfig, StepConfig, TrainConfig
-from pvpp.training.devices import device_sharding, replicate, unreplicate
 from pvpp.training.loop import run_training, train_and_evaluate
-from pvpp.training.state import TrainState, init_train_state
-from pvpp.training.step import AXIS, eval_step, forward, train_step
-from pvpp.workdir import CHECKPOINT_DIRNAME, CONFIG_FILENAME, EMA_PARAMS_DIRNAME, checkpoint_template
+from pvpp.training.saving import checkpoint_template
+from pvpp.training.state import init_train_state, TrainState
+from pvpp.training.step import eval_step, forward, train_step
 
 __all__ = [
     "AISConfig",

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from helpers import random_variables
-from pvpp import cached_sampler, likelihoods, sample
-from pvpp.model import ModelConfig, PixelVAEPP
-from pvpp.pixelcnn import PixelCNNPP
+from pvpp.generation import cached_sampler, sample
+from pvpp.model import likelihoods, ModelConfig, PixelVAEPP
+from pvpp.model.pixelcnn import PixelCNNPP
 
 # likelihood -> (shape [B, H, W, C], decoder out_channels)
 LIKELIHOOD_SETTINGS = {

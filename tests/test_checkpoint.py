@@ -1,4 +1,4 @@
-"""pvpp.checkpoint: bitwise round trips, keep-last-N, fallback past a corrupted checkpoint, survival of a
+"""pvpp.runs.checkpoint: bitwise round trips, keep-last-N, fallback past a corrupted checkpoint, survival of a
 SIGKILL mid-save, export / load of parameters."""
 
 import dataclasses
@@ -20,8 +20,8 @@ import optax
 import pytest
 
 from helpers import MODEL, TRAIN
-from pvpp import checkpoint, optim, workdir
-from pvpp.training import compiled
+from pvpp.runs import checkpoint
+from pvpp.training import compiled, optim, saving
 
 # When orbax fails to read a corrupted checkpoint, its pending read coroutines are left unawaited and, when
 # garbage-collected, report "Exception ignored in: <coroutine ...>". That is orbax's noise after an error we
@@ -202,7 +202,7 @@ _CHILD = textwrap.dedent(
     import sys
     import numpy as np
     import jax.numpy as jnp
-    from pvpp.checkpoint import CheckpointManager
+    from pvpp.runs.checkpoint import CheckpointManager
 
     directory, mode = sys.argv[1], sys.argv[2]
 
@@ -360,7 +360,7 @@ def test_the_checkpoint_template_has_the_shapes_of_the_state_a_run_builds():
     compiled init builds, leaf for leaf (clipped optimizer and PCD chains included)."""
     config = TRAIN.replace(optim=dataclasses.replace(TRAIN.optim, grad_clip_norm=1.0))
     device = jax.devices()[0]
-    template = workdir.checkpoint_template(MODEL, config, device)["train_state"]
+    template = saving.checkpoint_template(MODEL, config, device)["train_state"]
     init = compiled.step_functions(MODEL, config, (device,)).init
     images = jax.ShapeDtypeStruct((config.batch_size, *MODEL.image_shape), jnp.uint8)
     built = jax.eval_shape(init, jax.random.key(config.seed), images)

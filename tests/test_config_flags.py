@@ -10,12 +10,10 @@ import json
 import pytest
 from absl import flags
 
-from pvpp.evaluate import EvalConfig
-from pvpp.experiments import common, config_flags, mnist, omniglot, processes
-from pvpp.experiments import evaluate as evaluate_command
-from pvpp.experiments import sample as sample_command
+from pvpp.evaluation.evaluate import EvalConfig
+from pvpp.experiments import common, config_flags, evaluate as evaluate_command, mnist, omniglot, processes, sample as sample_command
+from pvpp.generation.sample import SampleConfig
 from pvpp.model import ModelConfig
-from pvpp.sample import SampleConfig
 from pvpp.settings import setting
 from pvpp.training.config import DataConfig, TrainConfig
 

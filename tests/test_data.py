@@ -23,8 +23,7 @@ import pytest
 import scipy.io
 
 from pvpp import data
-from pvpp.data import raw
-from pvpp.data import sources
+from pvpp.data import raw, sources
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ the same numbers as one process. A SIGTERM to one of the processes stops both at
 
 Gloo connects the processes at the first collective over a set of devices and waits only 30 s there: with a cold
 compilation cache on busy cores the processes' compilations of the train step can end minutes apart, so
-`pvpp.distributed.warm_up_collectives` makes that connection while they are in step (a later collective waits as
+`pvpp.parallel.distributed.warm_up_collectives` makes that connection while they are in step (a later collective waits as
 long as it takes).
 """
 
@@ -27,9 +27,11 @@ import jax
 import numpy as np
 import pytest
 
-from pvpp import checkpoint, distributed, metrics, stopping, workdir as workdir_files
 from pvpp.data import BatchIterator
 from pvpp.model import ModelConfig
+from pvpp.parallel import distributed
+from pvpp.runs import checkpoint, metrics, stopping, workdir as workdir_files
+from pvpp.training import saving
 from pvpp.training.config import TrainConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -142,7 +144,7 @@ def train(workdir, data_dir, num_processes: int, devices: int, logs, timeout: fl
 def latest_state(workdir) -> tuple[list[int], int, dict]:
     """(the steps in checkpoints/, the latest step, its state with typed keys as key data)."""
     run = workdir_files.read_config(workdir)
-    template = workdir_files.checkpoint_template(
+    template = saving.checkpoint_template(
         ModelConfig.from_dict(run["model"]), TrainConfig.from_dict(run["train"]), jax.local_devices()[0]
     )
     with checkpoint.CheckpointManager(os.path.join(workdir, "checkpoints"), read_only=True) as manager:

@@ -13,11 +13,15 @@ import pytest
 from absl import app
 
 from helpers import random_variables
-from pvpp import data, evaluate, keys, optim, results, train, workdir as workdir_files
+from pvpp import data, keys, train
+from pvpp.evaluation import evaluate
 from pvpp.experiments import evaluate as evaluate_command
+from pvpp.inference import load_model
 from pvpp.model import ModelConfig, PixelVAEPP, rbm_params, to_model_space
-from pvpp.pixelcnn import PixelCNNPP
+from pvpp.model.pixelcnn import PixelCNNPP
 from pvpp.priors import rbm
+from pvpp.runs import results
+from pvpp.training import optim
 
 NUM_TEST = 16  # Caltech-101 test images used against exact enumeration
 TRAINED_CONFIG = ModelConfig(
@@ -61,7 +65,7 @@ def test_plain_pixelcnn_evaluates_to_the_sum_of_its_pixel_log_probs(likelihood):
         bits = images.astype(np.float64)
         exact = np.sum(bits * out - np.logaddexp(0.0, out), axis=(1, 2, 3))
     else:
-        from pvpp import likelihoods
+        from pvpp.model import likelihoods
 
         exact = np.asarray(likelihoods.logistic_mixture_pixel_log_prob(jnp.asarray(out, jnp.float32), x)).sum((1, 2))
     np.testing.assert_allclose(result.per_image["log_likelihood"], exact, rtol=1e-5)
@@ -96,7 +100,7 @@ def trained(tmp_path_factory, data_dir):
     )
     train.run_training(TRAINED_CONFIG, train_config, train_data, eval_data, workdir,
                        data_description={"name": "caltech101_silhouettes", "data_dir": str(data_dir)})
-    inference = workdir_files.load_for_inference(workdir)
+    inference = load_model(workdir)
     return workdir, inference, test_data.images[:NUM_TEST]
 
 
@@ -111,7 +115,7 @@ def evaluations(trained):
             config = evaluate.EvalConfig(num_importance_samples=k, chunk_size=chunk, batch_size=4,
                                          log_partition=log_partition, ais=train.AISConfig(num_chains=100, num_betas=1000))
             done[k, chunk, log_partition] = evaluate.evaluate(
-                inference.model_config, inference.params, images, np.arange(NUM_TEST), config
+                inference.config, inference.params, images, np.arange(NUM_TEST), config
             )
         return done[k, chunk, log_partition]
 
@@ -124,7 +128,7 @@ def enumerated(trained):
     log p(x|z) - E(z) - log q(z|x) - log Z, 'q' and 'log_q' [N, 2^K], 'log_prior' [2^K] = log p(z), 'log_z', and
     the encoder 'logits' [N, K]."""
     _, inference, images = trained
-    config, params = inference.model_config, inference.params
+    config, params = inference.config, inference.params
     model = PixelVAEPP(config)
     variables = {"params": params}
     num = config.num_latents
@@ -185,14 +189,14 @@ def test_ais_log_partition_interval_covers_the_exact_one(trained, enumerated, ev
     np.testing.assert_allclose(exact_log_z["estimate"], enumerated["log_z"], rtol=1e-6)
     # The same evaluation with log Z from AIS at the evaluation setting (same samples: only log Z differs).
     config = evaluate.EvalConfig(log_partition="ais", ais=train.AISConfig(num_chains=100, num_betas=1000))
-    ais = evaluate.estimate_log_partition(inference.model_config, inference.params, config, jax.random.key(0))
+    ais = evaluate.estimate_log_partition(inference.config, inference.params, config, jax.random.key(0))
     assert ais.method == "ais" and ais.lower <= exact_log_z["estimate"] <= ais.upper, (ais, exact_log_z)
     assert ais.upper - ais.lower < 0.1
     unnormalized = {name: with_exact.per_image[name] for name in ("log_likelihood_unnormalized", "reconstruction")}
     unnormalized["elbo_unnormalized"] = with_exact.per_image["elbo"] + exact_log_z["estimate"]
     unnormalized["kl_unnormalized"] = with_exact.per_image["kl"] - exact_log_z["estimate"]
     per_image = evaluate.per_image_arrays(unnormalized, ais, np.arange(NUM_TEST))
-    summary = evaluate.summarize(inference.model_config, per_image, ais)
+    summary = evaluate.summarize(inference.config, per_image, ais)
     assert summary["log_partition"]["estimate"] == ais.estimate
     # The exact-log-Z NLL lies in the NLL interval that the AIS evaluation reports, which is the log Z interval
     # shifted by the mean unnormalized log-likelihood.
@@ -218,7 +222,7 @@ def test_two_sided_log_z_bounds_contain_the_exact_log_likelihood(trained, enumer
     exact_nll = exact_log_z - np.mean(exact_unnormalized)
     two_sided = train.AISConfig(num_chains=100, num_betas=1000, reverse_start="forward_ais", reverse_start_sweeps=100)
     config = evaluate.EvalConfig(log_partition="ais", ais=two_sided)
-    log_z = evaluate.estimate_log_partition(inference.model_config, inference.params, config, jax.random.key(0))
+    log_z = evaluate.estimate_log_partition(inference.config, inference.params, config, jax.random.key(0))
     assert log_z.reverse_start == "forward_ais"
     assert log_z.lower <= exact_log_z <= log_z.reverse_upper, log_z
 
@@ -230,7 +234,7 @@ def test_two_sided_log_z_bounds_contain_the_exact_log_likelihood(trained, enumer
             "kl_unnormalized": with_exact.per_image["kl"] - exact_log_z,
         }
         summary = evaluate.summarize(
-            inference.model_config, evaluate.per_image_arrays(unnormalized, log_z, np.arange(NUM_TEST)), log_z
+            inference.config, evaluate.per_image_arrays(unnormalized, log_z, np.arange(NUM_TEST)), log_z
         )
         assert summary["log_partition"]["reverse"]["start"] == "forward_ais"
         low, high = summary["nats"]["negative_log_likelihood_bounds_with_spread"]
@@ -262,7 +266,7 @@ def test_two_sided_log_z_bounds_contain_the_exact_log_likelihood(trained, enumer
 
 def test_kl_estimate_matches_its_closed_form(trained, enumerated, evaluations):
     """KL(q || p) = -H(q) + E_q[E(z)] + log Z, all closed form for a factorial q and an RBM prior."""
-    config, params = trained[1].model_config, trained[1].params
+    config, params = trained[1].config, trained[1].params
     logits = enumerated["logits"]
     probs = 1.0 / (1.0 + np.exp(-logits))
     neg_entropy = np.sum(probs * logits - np.logaddexp(0.0, logits), axis=-1)
@@ -312,7 +316,7 @@ def test_command_is_deterministic_and_image_estimates_do_not_depend_on_the_batch
     np.testing.assert_array_equal(indices, evaluate.select_examples(2307, 6, 4))
     test_images = data.load("caltech101_silhouettes", "test", data_dir=data_dir).images
     reversed_run = evaluate.importance_weighted_pass(
-        inference.model_config, inference.params, test_images[indices[::-1]], indices[::-1],
+        inference.config, inference.params, test_images[indices[::-1]], indices[::-1],
         keys.stream(jax.random.key(4), "importance_samples"), num_samples=1, chunk_size=1,
         batch_size=4,
     )
@@ -325,9 +329,9 @@ def test_workdir_without_export_gives_the_ema_of_the_latest_checkpoint(trained, 
     assert inference.source["kind"] == "ema_export" and inference.source["step"] == 150
     copy = tmp_path / "run"
     shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns(train.EMA_PARAMS_DIRNAME))
-    from_checkpoint = workdir_files.load_for_inference(str(copy))
+    from_checkpoint = load_model(str(copy))
     assert from_checkpoint.source["kind"] == "checkpoint_ema" and from_checkpoint.source["step"] == 150
-    assert from_checkpoint.model_config == inference.model_config
+    assert from_checkpoint.config == inference.config
     assert from_checkpoint.data["name"] == "caltech101_silhouettes"
     jax.tree.map(np.testing.assert_array_equal, from_checkpoint.params, inference.params)
 

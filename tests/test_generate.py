@@ -11,9 +11,11 @@ import pytest
 from PIL import Image
 
 from helpers import random_variables
-from pvpp import data, likelihoods, sample, workdir as workdir_files
+from pvpp import data
 from pvpp.experiments import sample as sample_command
-from pvpp.model import ModelConfig, PixelVAEPP
+from pvpp.generation import sample
+from pvpp.model import likelihoods, ModelConfig, PixelVAEPP
+from pvpp.runs import workdir as workdir_files
 
 # name -> 8x8 config exercising all three latent groups; the RBM with Bernoulli pixels, Gaussian with RGB.
 CONFIGS = {

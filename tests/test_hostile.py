@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 from absl import app, flags
 
-from pvpp import checkpoint, data, train, workdir as workdir_files
-from pvpp.experiments import caltech101, common, mnist
-from pvpp.experiments import evaluate as evaluate_command
+from pvpp import data, train
+from pvpp.experiments import caltech101, common, evaluate as evaluate_command, mnist
 from pvpp.experiments.errors import exit_on_stopping_errors
+from pvpp.inference import load_model
+from pvpp.runs import checkpoint, workdir as workdir_files
 from pvpp.training import loop
-from pvpp.optim import ema_params
+from pvpp.training.optim import ema_params
 from helpers import MODEL, TRAIN, assert_states_equal, run, assert_trees_equal
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -82,7 +83,7 @@ def test_a_damaged_export_is_refused_evaluation_falls_back_and_a_rerun_rewrites_
     with pytest.raises((checkpoint.CorruptCheckpointError, checkpoint.UnreadableCheckpointError)):
         checkpoint.load_params(export)
     with caplog.at_level(logging.WARNING):
-        inference = workdir_files.load_for_inference(workdir)
+        inference = load_model(workdir)
     assert inference.source["kind"] == "checkpoint_ema" and inference.source["step"] == TRAIN.num_steps
     assert any("cannot be used" in r.getMessage() for r in caplog.records)
     assert_trees_equal(inference.params, ema_params(final.opt_state))
@@ -123,7 +124,7 @@ def test_a_checkpoint_with_nan_is_not_resumed_from(tmp_path, caplog):
 
 HOLDER = """
 import sys, time
-from pvpp import workdir
+from pvpp.runs import workdir
 with workdir.lock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(120)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pvpp import images
+from pvpp.generation import images
 
 H, W = 4, 3
 

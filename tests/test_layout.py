@@ -100,9 +100,45 @@ def test_the_prior_name_is_read_in_one_function_only():
     assert len(hits) == 1 and hits[0].startswith("pvpp/priors/build.py:"), hits
 
 
+def _module_imports() -> dict[str, set[str]]:
+    """Module -> the pvpp modules its module-level imports load (a package's __init__ included)."""
+    modules = _modules()
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for node in ast.parse(path.read_text()).body:
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pvpp"):
+                targets = [f"{node.module}.{alias.name}" for alias in node.names] + [node.module]
+            for target in targets:
+                parts = target.split(".")
+                deps.update(".".join(parts[:n]) for n in range(1, len(parts) + 1) if ".".join(parts[:n]) in modules)
+        graph[name] = deps - {name}
+    return graph
+
+
+@pytest.mark.parametrize("package", ["pvpp.evaluation", "pvpp.generation", "pvpp.runs", "pvpp.parallel", "pvpp.model"])
+def test_the_jobs_below_training_never_import_it(package):
+    """Parsed imports, followed transitively: evaluation, generation, the run files, the device layer and the model
+    reach nothing in pvpp.training (nor the training facade pvpp.train)."""
+    graph = _module_imports()
+    assert any(name.startswith(package + ".") for name in graph), package
+    for start in [name for name in graph if name == package or name.startswith(package + ".")]:
+        seen, todo = set(), [start]
+        while todo:
+            for dep in graph.get(todo.pop(), ()):
+                if dep not in seen:
+                    seen.add(dep)
+                    todo.append(dep)
+        reached = sorted(m for m in seen if m == "pvpp.train" or m.startswith("pvpp.training"))
+        assert not reached, f"{start} imports {reached}"
+
+
 def test_evaluation_and_generation_do_not_import_the_training_loop():
     code = (
-        "import sys; import pvpp.evaluate, pvpp.sample, pvpp.workdir, pvpp.experiments.evaluate, "
+        "import sys; import pvpp.evaluation.evaluate, pvpp.generation.sample, pvpp.runs.workdir, pvpp.experiments.evaluate, "
         "pvpp.experiments.sample; loaded = [m for m in ('pvpp.training.loop', 'pvpp.train', "
         "'pvpp.training.periodic_eval') if m in sys.modules]; print(loaded); assert not loaded"
     )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pvpp import likelihoods
+from pvpp.model import likelihoods
 
 GRID = np.arange(256) / 127.5 - 1.0
 

@@ -1,4 +1,4 @@
-"""pvpp.metrics: JSON lines that survive reopening and kills; the progress line (with an injected clock)."""
+"""pvpp.runs.metrics: JSON lines that survive reopening and kills; the progress line (with an injected clock)."""
 
 import json
 import logging
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pvpp import metrics
+from pvpp.runs import metrics
 
 
 def test_each_write_is_one_flushed_json_line(tmp_path):

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 
 from helpers import random_variables
-from pvpp import objectives, relax
-from pvpp.likelihoods import make_likelihood
-from pvpp.priors import make_prior, rbm_prior
-from pvpp.model import ModelConfig, ModelOutput, PixelVAEPP, rbm_params
-from pvpp.priors import rbm
+from pvpp import relax
+from pvpp.model import ModelConfig, ModelOutput, objectives, PixelVAEPP, rbm_params
+from pvpp.model.likelihoods import make_likelihood
+from pvpp.priors import make_prior, rbm, rbm_prior
 
 TINY = ModelConfig(
     image_shape=(8, 8, 1), nr_resnet=1, nr_filters=8, num_concat_latents=6, num_cond_latents=4,

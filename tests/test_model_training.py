@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pvpp import data, objectives, train
-from pvpp.model import ModelConfig, PixelVAEPP, to_model_space
-from pvpp.optim import OptimConfig
+from pvpp import data, train
+from pvpp.model import ModelConfig, objectives, PixelVAEPP, to_model_space
 from pvpp.priors import make_prior
+from pvpp.training.optim import OptimConfig
 
 NUM_STEPS = 240
 BATCH = 8

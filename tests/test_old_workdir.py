@@ -15,7 +15,8 @@ import tarfile
 import jax
 import numpy as np
 
-from pvpp import train, workdir as workdir_files
+from pvpp import train
+from pvpp.inference import load_model
 from helpers import MODEL, TRAIN, synthetic_splits, assert_trees_equal
 
 ARCHIVE = pathlib.Path(__file__).resolve().parent / "data" / "workdir_v0.1.0.tar.gz"
@@ -32,11 +33,11 @@ def _old_workdir(tmp_path) -> pathlib.Path:
 
 def test_an_old_workdir_loads_for_inference_and_resumes(tmp_path, caplog):
     workdir = _old_workdir(tmp_path)
-    old_export = workdir_files.load_for_inference(workdir)
+    old_export = load_model(workdir)
     assert old_export.source == {"kind": "ema_export", "path": str(workdir / "ema_params"), "step": 2}
-    assert old_export.model_config == MODEL
+    assert old_export.config == MODEL
     (workdir / "ema_params").rename(tmp_path / "old_ema")  # the EMA inside the old checkpoint reads too
-    from_checkpoint = workdir_files.load_for_inference(workdir)
+    from_checkpoint = load_model(workdir)
     assert from_checkpoint.source["kind"] == "checkpoint_ema" and from_checkpoint.source["step"] == 2
     assert_trees_equal(from_checkpoint.params, old_export.params)
 

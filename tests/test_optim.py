@@ -1,4 +1,4 @@
-"""pvpp.optim: Adam with the configured settings, the learning-rate formula, the parameter EMA, KL warm-up."""
+"""pvpp.training.optim: Adam with the configured settings, the learning-rate formula, the parameter EMA, KL warm-up."""
 
 import dataclasses
 import math
@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from pvpp import optim
+from pvpp.training import optim
 
 
 def _random_tree(rng, dtype):

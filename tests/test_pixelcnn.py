@@ -9,9 +9,9 @@ import optax
 import pytest
 
 from helpers import fast_init_key, random_variables
-from pvpp import likelihoods
+from pvpp.model import likelihoods
+from pvpp.model.pixelcnn import PixelCNNPP
 from pvpp.nn.weightnorm import WNConv, WNConvTranspose, WNDense
-from pvpp.pixelcnn import PixelCNNPP
 
 CONFIGS = {
     "28x28x1_down": ((1, 28, 28, 1), True),

@@ -20,14 +20,14 @@ from absl import app, flags
 
 import pvpp
 from helpers import MODEL, NUM_IMAGES, TRAIN, assert_states_equal, run, synthetic_splits
-from pvpp import checkpoint, data, images as image_io, metrics, results, settings, stopping, train
-from pvpp import workdir as workdir_files
-from pvpp.experiments import common, omniglot
-from pvpp.experiments import evaluate as evaluate_command
+from pvpp import data, settings, train
+from pvpp.experiments import common, evaluate as evaluate_command, omniglot
 from pvpp.experiments.errors import exit_on_stopping_errors
+from pvpp.generation import images as image_io
 from pvpp.inference import LoadedModel
-from pvpp.optim import OptimConfig
+from pvpp.runs import checkpoint, metrics, results, stopping, workdir as workdir_files
 from pvpp.training import loop, resume
+from pvpp.training.optim import OptimConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -7,8 +7,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from pvpp import results
 from pvpp.experiments import report
+from pvpp.runs import results
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 

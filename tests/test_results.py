@@ -7,8 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from pvpp import evaluate, results
+from pvpp.evaluation import evaluate
 from pvpp.experiments import evaluate as evaluate_command
+from pvpp.runs import results
 
 
 def _result(shift=0.0):

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from helpers import random_variables
-from pvpp import likelihoods, sample
-from pvpp.pixelcnn import PixelCNNPP
+from pvpp.generation import sample
+from pvpp.model import likelihoods
+from pvpp.model.pixelcnn import PixelCNNPP
 
 # name -> (likelihood, shape [B, H, W, C], decoder out_channels)
 SETTINGS = {

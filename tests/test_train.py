@@ -21,9 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pvpp import checkpoint, data, metrics, train
+from pvpp import data, train
 from pvpp.model import ModelConfig
-from pvpp.optim import ema_params
+from pvpp.runs import checkpoint, metrics
+from pvpp.training.optim import ema_params
 
 from helpers import (  # noqa: F401
     MODEL, NUM_IMAGES, TRAIN, assert_states_equal, assert_trees_equal, run, synthetic_splits, with_key_data,

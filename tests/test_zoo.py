@@ -26,12 +26,13 @@ from pvpp.data.raw import file_digest
 
 from helpers import assert_trees_equal
 
+from pvpp import data, train
 import pvpp
-import pvpp.zoo
-from pvpp import data, evaluate, train
+from pvpp.evaluation import evaluate
 from pvpp.experiments import evaluate as evaluate_command
 from pvpp.model import ModelConfig
 from pvpp.zoo import check_subset, cli, names, registry, schema, weights
+import pvpp.zoo
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHIPPED = [e.resolved for e in registry.shipped_entries()]

@@ -20,11 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pvpp import likelihoods
 from pvpp.bench.common import log, machine_info, measured, random_variables, timed, write_result
 from pvpp.bench.flops import achieved
 from pvpp.bench.peak import matmul_peak
-from pvpp.pixelcnn import PixelCNNPP
+from pvpp.model import likelihoods
+from pvpp.model.pixelcnn import PixelCNNPP
 
 CONFIGS = {
     "mnist_paper": dict(shape=(16, 28, 28, 1), nr_resnet=3, nr_filters=64, nr_mix=None, downsample=True),

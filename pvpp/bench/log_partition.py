@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pvpp import workdir as workdir_files
 from pvpp.bench.common import log, machine_info, measured, write_result
+from pvpp.inference import load_model
 from pvpp.priors import ais, make_prior, rbm, reverse_ais
 
 #: Named AIS efforts: changes from the evaluation's 'cpu' preset.
@@ -132,10 +132,10 @@ def _rbm_of(workdir: str | None, quick: bool) -> tuple[rbm.RBMParams, str]:
         if not quick:
             raise SystemExit("pvpp: give --workdir=RUN (a run with an RBM prior) or --quick")
         return _random_rbm(np.random.default_rng(1), 16, 16), "random 16 + 16 (quick)"
-    found = workdir_files.load_for_inference(workdir=workdir)
-    prior = make_prior(found.model_config)
+    found = load_model(workdir=workdir)
+    prior = make_prior(found.config)
     if prior.normalized:
-        raise SystemExit(f"pvpp: the run in {workdir} has no RBM prior ({found.model_config.prior})")
+        raise SystemExit(f"pvpp: the run in {workdir} has no RBM prior ({found.config.prior})")
     return prior.prior_params(found.params), f"{workdir} ({found.source['kind']}, step {found.source['step']})"
 
 

@@ -6,7 +6,7 @@
 Configurations: PixelVAE++ decoders of the paper, batch 16, random weights (sampling cost does not depend on
 their values), latents drawn at random: `mnist_paper` (`pvpp.model.mnist_config()`: 28x28x1, nr_resnet 3, 64
 filters, down-sampling, Bernoulli, 400 z1) and `cifar10_paper` (`cifar10_config()`: 32x32x3, nr_resnet 5, 128
-filters, 10 logistics, z1, z2 and z3). Both samplers run through `pvpp.sample.model_sampler`, the code the sample
+filters, 10 logistics, z1, z2 and z3). Both samplers run through `pvpp.generation.sample.model_sampler`, the code the sample
 command runs, with the same latents and key stream.
 
 The naive sampler runs the whole decoder once per pixel, so one batch takes minutes. Unless `--full` is given,
@@ -31,10 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pvpp import sample
 from pvpp.bench.common import log, machine_info, measured, random_variables, write_result
 from pvpp.bench.peak import matmul_peak
-from pvpp.model import ModelConfig, PixelVAEPP, cifar10_config, mnist_config
+from pvpp.generation import sample
+from pvpp.model import cifar10_config, mnist_config, ModelConfig, PixelVAEPP
 
 CONFIGS = {
     "mnist_paper": (mnist_config(dropout_rate=0.0), 16),

@@ -4,8 +4,8 @@
 
 The paper's MNIST configuration (experiments/mnist_dynamic.flags, read by the entry point's flags -> configs
 function; `--tiny`: the train benchmark's `mnist_tiny`, for a CPU) on one device, random binary images (no data
-set needed): `--steps` train steps of `pvpp.train`'s compiled step, then `pvpp.evaluate.evaluate` of the EMA
-parameters on 4 images (IWAE with k samples, log Z by AIS), then `pvpp.sample.generate_from_prior` (RBM Gibbs
+set needed): `--steps` train steps of `pvpp.train`'s compiled step, then `pvpp.evaluation.evaluate.evaluate` of the EMA
+parameters on 4 images (IWAE with k samples, log Z by AIS), then `pvpp.generation.sample.generate_from_prior` (RBM Gibbs
 chains and the cached sampler). Any error propagates; a non-finite loss, log-likelihood or image raises
 FloatingPointError. `pvpp.bench.suite` runs it on a GPU. Each part carries its `measured` record (wall and
 process CPU seconds, 1-minute load before and after), compilation included.
@@ -18,10 +18,13 @@ import argparse
 import jax
 import numpy as np
 
-from pvpp import evaluate, optim, sample, train
+from pvpp import train
 from pvpp.bench.common import log, machine_info, measured, write_result
 from pvpp.bench.train import flag_file_configs
+from pvpp.evaluation import evaluate
+from pvpp.generation import sample
 from pvpp.priors import AISConfig
+from pvpp.training import optim
 
 _NUM_IMAGES = 4
 

@@ -15,11 +15,8 @@ import importlib
 import typing
 
 from pvpp.data.binarize import binarize_dynamically
-from pvpp.data.catalog import DATASET_NAMES
-from pvpp.data.catalog import SPLITS
-from pvpp.data.catalog import DataSplit
-from pvpp.data.iterator import BatchIterator
-from pvpp.data.iterator import batch_iterator
+from pvpp.data.catalog import DATASET_NAMES, DataSplit, SPLITS
+from pvpp.data.iterator import batch_iterator, BatchIterator
 
 if typing.TYPE_CHECKING:  # for type checkers and IDEs only; at run time `__getattr__` imports these
     from pvpp.data import builders as builders

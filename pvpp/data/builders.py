@@ -32,8 +32,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from pvpp.data import raw
-from pvpp.data import sources
+from pvpp.data import raw, sources
 
 _MANUAL_INSTRUCTIONS = (
     "Put the original files in the manual directory (or its `{subfolder}/` subfolder): {files}. "

@@ -48,13 +48,10 @@ try:
 except ImportError:
     fcntl = None
 
-from pvpp.data import builders
-from pvpp.data import sources
-from pvpp.validation import check_int
-from pvpp.data.catalog import DATASET_NAMES
-from pvpp.data.catalog import SPLITS
-from pvpp.data.catalog import DataSplit
+from pvpp.data import builders, sources
+from pvpp.data.catalog import DATASET_NAMES, DataSplit, SPLITS
 from pvpp.data.raw import DataFileError
+from pvpp.validation import check_int
 
 DEFAULT_PREPARED_DIR = pathlib.Path("~/.cache/pvpp/tfds")
 _LOG = logging.getLogger(__name__)

@@ -53,16 +53,17 @@ import jax
 import numpy as np
 from absl import logging
 
-from pvpp import data, keys, results
-from pvpp.iwae_pass import (  # noqa: F401  (re-exported: the pass is part of the evaluation's interface)
+from pvpp import data, keys
+from pvpp.runs import results
+from pvpp.evaluation.iwae_pass import (  # noqa: F401  (re-exported: the pass is part of the evaluation's interface)
     PER_IMAGE,
     check_example_images,
     check_images,
     importance_weighted_pass,
     iwae_program,
 )
-from pvpp.likelihoods import make_likelihood
 from pvpp.model import ModelConfig
+from pvpp.model.likelihoods import make_likelihood
 from pvpp.priors import AISConfig, make_prior
 from pvpp.priors.ais import PRESETS as AIS_PRESETS
 from pvpp.priors.base import LOG_PARTITION_METHODS
@@ -419,7 +420,7 @@ def evaluation_images(split_data, example_indices: np.ndarray, seed: int) -> tup
 
 
 def write_results(path, summary: Mapping[str, Any], per_image: Mapping[str, np.ndarray], *, overwrite=False):
-    """The JSON summary and the per-image .npz as one atomic, never-mixed pair (`pvpp.results.write_results`)."""
+    """The JSON summary and the per-image .npz as one atomic, never-mixed pair (`pvpp.runs.results.write_results`)."""
     return results.write_results(path, summary, per_image, overwrite=overwrite)
 
 

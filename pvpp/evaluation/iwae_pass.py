@@ -1,4 +1,4 @@
-"""The importance-weighted pass of the evaluation (`pvpp.evaluate`, its step 2) and the checks of its images:
+"""The importance-weighted pass of the evaluation (`pvpp.evaluation.evaluate`, its step 2) and the checks of its images:
 per-image IWAE quantities without log Z, one batch per device on every local device of every process."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from pvpp import distributed, objectives
-from pvpp.likelihoods import make_likelihood
-from pvpp.model import ModelConfig, PixelVAEPP, to_model_space
-from pvpp.training.compiled import TraceCounter
-from pvpp.training.devices import device_sharding, replicate
+from pvpp.model import ModelConfig, objectives, PixelVAEPP, to_model_space
+from pvpp.model.likelihoods import make_likelihood
+from pvpp.parallel import distributed
+from pvpp.parallel.devices import device_sharding, replicate
+from pvpp.parallel.tracing import TraceCounter
 
 #: Per-image quantities of the importance-weighted pass (all nats, [N]).
 PER_IMAGE = ("log_likelihood_unnormalized", "elbo_unnormalized", "reconstruction", "kl_unnormalized")
@@ -89,7 +89,7 @@ def importance_weighted_pass(
 @functools.lru_cache(maxsize=16)
 def iwae_program(model_config: ModelConfig, num_samples: int, chunk_size: int, devices: tuple[jax.Device, ...]):
     """The compiled evaluation of one batch per device: run(variables, images, example_indices, key) with
-    variables replicated over `devices` (`pvpp.training.devices.replicate`), images [D, B, H, W, C] uint8 data space,
+    variables replicated over `devices` (`pvpp.parallel.devices.replicate`), images [D, B, H, W, C] uint8 data space,
     example_indices [D, B] int32 and the key of the 'importance_samples' stream -> dict of [D, B] float32
     (`PER_IMAGE`). One program per settings and device tuple; `run.counter.count` says how often it was traced."""
     counter = TraceCounter(

@@ -18,7 +18,7 @@ data, --batch_size, --seed, the RBM's chains) must keep their recorded values; C
 optimizer, negative phase effort, evaluation, periods, length) may change with --allow_changed_settings, and the
 run records the change (`SETTING_FLAGS` names the flag of every recorded setting). SIGTERM or Ctrl-C finish the
 current step, save its checkpoint and end the command with one line and exit status 75
-(`pvpp.stopping.STOPPED_EXIT_STATUS`); the same command resumes from there.
+(`pvpp.runs.stopping.STOPPED_EXIT_STATUS`); the same command resumes from there.
 """
 
 from __future__ import annotations

@@ -2,13 +2,13 @@
 machine (a busy or foreign workdir, damaged checkpoints, a full disk, missing or corrupt data, a diverging run),
 not bugs of pvpp. Every entry point runs its work through `exit_on_stopping_errors`.
 
-In a multi-process run (`pvpp.distributed`) a process that stops, on any error, says so naming itself and
+In a multi-process run (`pvpp.parallel.distributed`) a process that stops, on any error, says so naming itself and
 exits at once (`os._exit`), without jax's shutdown barrier: otherwise it would wait there, still sending
-heartbeats, while the others wait for it in a collective. It first tells the others (`pvpp.liveness.mark_failed`),
+heartbeats, while the others wait for it in a collective. It first tells the others (`pvpp.parallel.liveness.mark_failed`),
 which then stop at once.
 
-A command stopped by SIGTERM or SIGINT (`pvpp.stopping`) ends with one line and exit status
-`pvpp.stopping.STOPPED_EXIT_STATUS` (75): training after saving the checkpoint of the step that was running (with
+A command stopped by SIGTERM or SIGINT (`pvpp.runs.stopping`) ends with one line and exit status
+`pvpp.runs.stopping.STOPPED_EXIT_STATUS` (75): training after saving the checkpoint of the step that was running (with
 several processes every process stops at the same step and they exit together), anything else at once, leaving
 no partial file."""
 
@@ -25,12 +25,13 @@ from typing import Any, Callable
 import jax
 from absl import app, logging
 
-from pvpp import checkpoint, distributed, liveness, stopping
 from pvpp.data.raw import DataFileError
 from pvpp.experiments import console
-from pvpp.results import InconsistentResultError, ResultExistsError
+from pvpp.parallel import distributed, liveness
+from pvpp.runs import checkpoint, stopping
+from pvpp.runs.results import InconsistentResultError, ResultExistsError
+from pvpp.runs.workdir import UnreadableConfigError, WorkdirBusyError, WorkdirConflictError
 from pvpp.training.config import SettingError
-from pvpp.workdir import UnreadableConfigError, WorkdirBusyError, WorkdirConflictError
 
 STOPPING_ERRORS = (
     WorkdirBusyError,

@@ -8,7 +8,7 @@ also bits/dim; log Z from forward and reverse AIS and the log-likelihood bounds 
 and the per-image values (.npz, named in the JSON) to --output, by default
 <workdir>/eval/<dataset>_<split>_k<k>[_n<num_examples>]_seed<seed>_<parameters>.json, where <parameters> is
 step<N> for a workdir's parameters and params-<digest> for an export given with --checkpoint. An existing
-result with other content is never replaced unless --overwrite is given. See pvpp/evaluate.py for the method
+result with other content is never replaced unless --overwrite is given. See pvpp/evaluation/evaluate.py for the method
 and the conventions (fixed binarization of dynamically binarized test sets, key streams, subsets).
 """
 
@@ -23,12 +23,13 @@ import time
 
 from absl import app, flags, logging
 
-from pvpp import distributed, evaluate
+from pvpp.evaluation import evaluate
 from pvpp.experiments import config_flags, inference_common, processes
 from pvpp.experiments.errors import exit_on_stopping_errors, quiet_orbax_logs
-from pvpp import results
-from pvpp.integrity import tree_digest
+from pvpp.parallel import distributed
 from pvpp.priors.ais import PRESETS as AIS_PRESETS
+from pvpp.runs import results
+from pvpp.runs.integrity import tree_digest
 
 FLAGS = flags.FlagValues()
 
@@ -113,10 +114,10 @@ def execute(argv: list[str], invocation: list[str]) -> dict:
     config = eval_config_from_flags(FLAGS)
     source = inference_common.load_source(FLAGS)
     try:
-        evaluate.check_log_partition_method(source.inference.model_config, config.log_partition)
+        evaluate.check_log_partition_method(source.model.config, config.log_partition)
     except ValueError as err:
         raise app.UsageError(f"--{err}") from err
-    identity = parameters_id(source.inference.source, source.inference.params, FLAGS.checkpoint is not None)
+    identity = parameters_id(source.model.source, source.model.params, FLAGS.checkpoint is not None)
     output = FLAGS.output or default_output(inference_common.results_dir(FLAGS), source.dataset, config, identity)
     results.check_replaceable(
         output, {"settings": config.to_dict(), "parameters_id": identity}, overwrite=FLAGS.overwrite
@@ -124,11 +125,11 @@ def execute(argv: list[str], invocation: list[str]) -> dict:
     start = time.perf_counter()
     try:
         result = evaluate.evaluate_split(
-            source.inference.model_config,
-            source.inference.params,
+            source.model.config,
+            source.model.params,
             source.dataset,
             config,
-            parameters=source.inference.source,
+            parameters=source.model.source,
             progress=FLAGS.progress,
             across_processes=True,  # every process runs this command: they share the work
             **source.data_options,

@@ -14,13 +14,15 @@ from typing import Any, NamedTuple
 
 from absl import app, flags
 
-from pvpp import checkpoint, data, workdir as workdir_files
+from pvpp import data
+from pvpp.inference import load_model, LoadedModel
+from pvpp.runs import checkpoint, workdir as workdir_files
 
 
 class Source(NamedTuple):
     """The loaded parameters and the data options, resolved from the flags."""
 
-    inference: workdir_files.InferenceModel
+    model: LoadedModel
     dataset: str
     data_options: dict[str, Any]  # data_dir, variant, validation_size for `evaluate.load_split`
 
@@ -72,7 +74,7 @@ def load_source(flag_values: flags.FlagValues) -> Source:
     if checkpoint_path is not None and not os.path.isdir(checkpoint_path):
         raise app.UsageError(f"--checkpoint={checkpoint_path} does not exist")
     try:
-        inference = workdir_files.load_for_inference(
+        model = load_model(
             workdir if workdir and os.path.isdir(workdir) else None, checkpoint_path
         )
     except workdir_files.UnreadableConfigError as err:
@@ -85,7 +87,7 @@ def load_source(flag_values: flags.FlagValues) -> Source:
     ) as err:
         flag = "--checkpoint" if checkpoint_path is not None else "--workdir"
         raise app.UsageError(f"{flag}: {err}") from err
-    run_data = dict(inference.data or {})
+    run_data = dict(model.data or {})
     dataset = flag_values.dataset or run_data.get("name")
     if dataset is None:
         raise app.UsageError(
@@ -105,7 +107,7 @@ def load_source(flag_values: flags.FlagValues) -> Source:
         variant=run_data.get("variant") if same_data else None,
         validation_size=run_data.get("validation_size") if same_data else None,
     )
-    return Source(inference, dataset, data_options)
+    return Source(model, dataset, data_options)
 
 
 def results_dir(flag_values: flags.FlagValues) -> str:

@@ -4,14 +4,14 @@
     --distributed=auto                                                 # SLURM / Open MPI / TPU detect them
 
 Without them nothing changes (one process). `start` must run before anything touches a device: the entry points
-call it first thing in their main. See `pvpp.distributed` for what the processes share.
+call it first thing in their main. See `pvpp.parallel.distributed` for what the processes share.
 """
 
 from __future__ import annotations
 
 from absl import app, flags
 
-from pvpp import distributed
+from pvpp.parallel import distributed
 
 _DEFAULTS = distributed.DistributedConfig()
 

@@ -32,7 +32,7 @@ import numpy as np
 from absl import app, flags
 
 from pvpp.experiments import inference_common
-from pvpp.results import read_results
+from pvpp.runs.results import read_results
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_string("results", "experiments/results", "Folder of the study folders.", flag_values=FLAGS)
@@ -54,7 +54,7 @@ def build_document(results_dir: str) -> str:
         "Log-likelihoods are in nats per image on the full test split (higher is better), with EMA parameters; KL "
         "is E_q[log q(z|x) - log p(z)] with hard samples. The RBM's test LL uses forward AIS's log Z (low in "
         "expectation, so the LL high), as the paper does; the LL with reverse AIS's log Z (high in expectation) is "
-        "beside it, and the interval widens both by their 3-s.e. spreads (see `pvpp/evaluate.py`). The IWAE term "
+        "beside it, and the interval widens both by their 3-s.e. spreads (see `pvpp/evaluation/evaluate.py`). The IWAE term "
         "itself is a lower bound that rises with k (the convergence table, where there is one).",
         "",
     ]

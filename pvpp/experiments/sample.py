@@ -14,7 +14,7 @@ Writes into --output_dir (default <workdir>/samples/):
 Every file is written to a temporary file and renamed into place (samples.json last): an interrupted run (SIGTERM,
 Ctrl-C: one line, exit status 75) leaves no partial file.
 Prior 'none' (plain PixelCNN++): only the prior_samples grids (rows are plain samples). Uses the EMA parameters,
-dropout off. See pvpp/sample.py for the procedure. Several processes (`--coordinator_address`, ...) share the
+dropout off. See pvpp/generation/sample.py for the procedure. Several processes (`--coordinator_address`, ...) share the
 decoding, one batch per device, and process 0 writes the files: the same files as one process.
 """
 
@@ -27,12 +27,15 @@ import time
 import jax
 from absl import app, flags, logging
 
-from pvpp import data, distributed, evaluate, sample
+from pvpp import data
+from pvpp.evaluation import evaluate
 from pvpp.experiments import config_flags, inference_common, processes
 from pvpp.experiments.errors import exit_on_stopping_errors, quiet_orbax_logs
+from pvpp.generation import sample
 from pvpp.model import to_model_space
+from pvpp.parallel import distributed
 from pvpp.priors import make_prior
-from pvpp.results import atomic_write_bytes
+from pvpp.runs.results import atomic_write_bytes
 
 FLAGS = flags.FlagValues()
 
@@ -66,7 +69,7 @@ def execute(argv: list[str]) -> dict[str, str]:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = sample_config_from_flags(FLAGS)
     source = inference_common.load_source(FLAGS)
-    model_config, params = source.inference.model_config, source.inference.params
+    model_config, params = source.model.config, source.model.params
     output_dir = FLAGS.output_dir or os.path.join(inference_common.results_dir(FLAGS), "samples")
     inputs, indices = None, None
     if config.num_reconstructions and make_prior(model_config).num_latents:
@@ -112,7 +115,7 @@ def execute(argv: list[str]) -> dict[str, str]:
     paths["settings"] = os.path.join(output_dir, "samples.json")
     settings = {
         "dataset": source.dataset,
-        "parameters": source.inference.source,
+        "parameters": source.model.source,
         "settings": config.to_dict(),
         "model": model_config.to_dict(),
     }

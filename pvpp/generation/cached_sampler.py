@@ -1,11 +1,11 @@
 """Cached, incremental sampling of pvpp's PixelCNN++ decoder: about one decoder pass of work per image.
 
-The naive sampler (`pvpp.sample.autoregressive_sample`) runs the whole network once per pixel, H * W passes for
+The naive sampler (`pvpp.generation.sample.autoregressive_sample`) runs the whole network once per pixel, H * W passes for
 one image. Yet sampling pixel (r, c) needs each layer's output at one place only, and each layer's inputs there
 were already computed for earlier pixels. So here every causal convolution keeps its (activated) input as a map
 that fills in as sampling proceeds, and each layer is evaluated only where the next pixel needs it. This is the
 idea of Ramachandran et al. 2017 ("Fast generation for convolutional autoregressive models"); the schedule below
-is pvpp's own, for its decoder (`pvpp.pixelcnn.PixelCNNPP`, with `cond_map`, `h` and `skip_extras`):
+is pvpp's own, for its decoder (`pvpp.model.pixelcnn.PixelCNNPP`, with `cond_map`, `h` and `skip_extras`):
 
 - **Row phase**, when image row r starts: the vertical stream u of both passes reads only rows above the pixel,
   so each u layer computes its whole row at once. A stage at resolution 1/f (f = 1, 2, 4 with down-sampling)
@@ -33,7 +33,7 @@ H * W small steps (matrix products of [B, 4 * 2F] x [4 * 2F, 2F]). Memory: one m
     x = cached_sample(spec, decoder_params, pixel_keys, shape, likelihood, conditioning)
 
 samples x [B, H, W, C] with the naive sampler's key stream (pixel p = i * W + j uses pixel_keys[p] and
-`pvpp.likelihoods.sample_pixel_values`), so with outputs equal up to float rounding both draw the same images.
+`pvpp.model.likelihoods.sample_pixel_values`), so with outputs equal up to float rounding both draw the same images.
 `cached_outputs(spec, decoder_params, x, conditioning)` runs the same program on a given image (each pixel's
 value written in instead of sampled) and returns every pixel's outputs: the check against the full pass.
 """
@@ -47,7 +47,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
-from pvpp import likelihoods
+from pvpp.model import likelihoods
 from pvpp.nn.cached_conv import At, CachedConv, Row
 from pvpp.nn.resnet import concat_elu, gate
 from pvpp.nn.shifted import (
@@ -56,8 +56,8 @@ from pvpp.nn.shifted import (
     down_shifted_padding,
     down_shifted_transpose_padding,
 )
+from pvpp.model.pixelcnn import NUM_STAGES, PixelCNNPP
 from pvpp.nn.weightnorm import effective_kernel
-from pvpp.pixelcnn import NUM_STAGES, PixelCNNPP
 
 U_KERNEL = (2, 3)  # the vertical stream's DownShiftedConv, as in PixelCNNPP
 UL_KERNEL = (2, 2)  # the down-right stream's DownRightShiftedConv
@@ -105,7 +105,7 @@ def cached_sample(
 
     params: the decoder's 'params' collection (a `PixelCNNPP`'s, e.g. `variables['params']['decoder']` of a
     PixelVAEPP). pixel_keys: [H * W] keys, pixel p = i * W + j sampled with pixel_keys[p] exactly as
-    `pvpp.sample.autoregressive_sample_with_keys` does. shape, likelihood: as for that sampler (static).
+    `pvpp.generation.sample.autoregressive_sample_with_keys` does. shape, likelihood: as for that sampler (static).
     Jit it (or call it under jit): the whole image is one `lax.fori_loop` over rows with one over columns.
     """
     channels = shape[3]

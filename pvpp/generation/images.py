@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from pvpp.results import atomic_write_bytes
+from pvpp.runs.results import atomic_write_bytes
 from pvpp.validation import check_int
 
 DEFAULT_PAD_VALUE = 128

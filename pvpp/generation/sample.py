@@ -5,7 +5,7 @@ Model level (section "Model-level generation" below; `python -m pvpp.experiments
 `generate_from_prior` (Figures 5-7: RBM latents by block Gibbs, N(0, I) for the Gaussian prior, each decoded
 several times), `reconstruct` (Figures 2-4: one hard z ~ q(z | x) per test image, decoded several times),
 `save_figures` (PNG grids, rows also sorted by energy distance as in Figures 4 and 7, and the arrays as .npz).
-Decoding there uses the cached sampler (`pvpp.cached_sampler`, about one decoder pass of work per image) unless
+Decoding there uses the cached sampler (`pvpp.generation.cached_sampler`, about one decoder pass of work per image) unless
 `sampler='naive'` asks for the generic loop below; both draw the same images from the same keys.
 
 Sampling (the generic, naive loop: any causal decoder). `autoregressive_sample(decode, key, shape, likelihood, *decode_args)` draws x [B, H, W, C] in model
@@ -28,7 +28,7 @@ the *same* `decode` object every time: jit compares static functions by identity
     x = autoregressive_sample(decode, key, (16, 28, 28, 1), "bernoulli", variables, z)   # compiles
     x = autoregressive_sample(decode, key2, (16, 28, 28, 1), "bernoulli", variables2, z2)  # reuses it
 
-Energy distance and the sorted figures: `pvpp.energy_distance` (its names are re-exported here).
+Energy distance and the sorted figures: `pvpp.generation.energy_distance` (its names are re-exported here).
 """
 
 from __future__ import annotations
@@ -43,19 +43,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pvpp import images as image_io
-from pvpp import cached_sampler, distributed, keys, likelihoods
-from pvpp.energy_distance import (  # noqa: F401  (re-exported: the figures' sorting is part of generation)
+from pvpp import keys
+from pvpp.generation import cached_sampler, images as image_io
+from pvpp.model import likelihoods
+from pvpp.parallel import distributed
+from pvpp.generation.energy_distance import (  # noqa: F401  (re-exported: the figures' sorting is part of generation)
     energy_distance,
     energy_distance_matrix,
     greedy_chain_order,
     pairwise_distances,
     sort_by_energy_distance,
 )
-from pvpp.likelihoods import make_likelihood
 from pvpp.model import ModelConfig, PixelVAEPP
+from pvpp.model.likelihoods import make_likelihood
+from pvpp.parallel.devices import device_sharding, replicate
 from pvpp.priors import make_prior
-from pvpp.training.devices import device_sharding, replicate
 from pvpp.settings import setting
 from pvpp.validation import check_choice, check_int
 
@@ -192,14 +194,14 @@ def _check_decoder_output(out_shape: tuple[int, ...], shape: tuple[int, ...], li
 # Decoding: `model_sampler(config, sampler)` is `run(pixel_keys, variables, z) -> x`, built once per configuration
 # and sampler (cached), so every call with the same configuration and batch shape reuses one compiled program.
 # Two samplers draw the same images from the same keys (up to float rounding of the decoder outputs):
-# 'cached' (the default) is `pvpp.cached_sampler`, about one decoder pass of work per image; 'naive' runs the
+# 'cached' (the default) is `pvpp.generation.cached_sampler`, about one decoder pass of work per image; 'naive' runs the
 # whole decoder once per pixel through `autoregressive_sample` (the reference; `model_decoder(config)` is its
 # `decode(x, variables, z)`). The N * S images are decoded `batch_size` at a time (the last batch padded with copies of its last latent); decode batch b uses the key
 # fold_in(key, b), so the images depend on batch_size (recorded with them). Randomness follows `pvpp.keys`:
 # the streams 'prior_latents', 'prior_decode', 'posterior_latents' and 'reconstruction_decode' of the root key.
 
 
-#: The decoders of `model_sampler`: incremental ('cached', `pvpp.cached_sampler`) or the whole decoder once per
+#: The decoders of `model_sampler`: incremental ('cached', `pvpp.generation.cached_sampler`) or the whole decoder once per
 #: pixel ('naive', the reference).
 SAMPLERS = ("cached", "naive")
 
@@ -212,7 +214,7 @@ class SampleConfig:
     num_reconstructions: test images to reconstruct; decodes_per_image: decodes of each one's latent.
     num_gibbs_sweeps: block-Gibbs sweeps of each RBM chain before its state is used. batch_size: images decoded
     at once. split: where the reconstructed images come from. seed: root of every random stream (and of the
-    fixed binarization / choice of the test images, as in `pvpp.evaluate`). upscale: PNG pixels per image pixel.
+    fixed binarization / choice of the test images, as in `pvpp.evaluation.evaluate`). upscale: PNG pixels per image pixel.
     sampler: 'cached' (incremental, the default) or 'naive' (the whole decoder once per pixel), see `SAMPLERS`.
     """
 
@@ -251,7 +253,7 @@ def model_sampler(config: ModelConfig, sampler: str = "cached") -> Callable[...,
     """`run(pixel_keys, variables, z)` -> images x [B, H, W, C] (model space) decoded from latents z [B, K]; pixel
     p = i * W + j drawn with pixel_keys[p] ([H * W] keys, `pixel_key_stream`). Dropout off.
 
-    sampler: 'cached' (`pvpp.cached_sampler`) or 'naive' (`autoregressive_sample_with_keys` over
+    sampler: 'cached' (`pvpp.generation.cached_sampler`) or 'naive' (`autoregressive_sample_with_keys` over
     `model_decoder`). The same compiled function for equal configurations (dropout aside).
     """
     check_choice(sampler, "sampler", SAMPLERS)
@@ -306,12 +308,12 @@ def _cached_model_sampler(config: ModelConfig) -> Callable[..., jax.Array]:
 
 
 def decoder_spec(config: ModelConfig) -> cached_sampler.DecoderSpec:
-    """The static shape of a PixelVAEPP's decoder, for `pvpp.cached_sampler`."""
+    """The static shape of a PixelVAEPP's decoder, for `pvpp.generation.cached_sampler`."""
     return cached_sampler.DecoderSpec(config.nr_resnet, config.nr_filters, config.out_channels, config.downsample)
 
 
 def model_conditioning(config: ModelConfig, variables: Any, z: jax.Array) -> cached_sampler.Conditioning:
-    """What a PixelVAEPP's decoder reads of latents z [B, K], for `pvpp.cached_sampler`: the up path only, with
+    """What a PixelVAEPP's decoder reads of latents z [B, K], for `pvpp.generation.cached_sampler`: the up path only, with
     the f(z1) features of each stage, h = z2 and the f(z3_k) skip extras (Nones for absent groups)."""
     return PixelVAEPP(config).apply(variables, z, method=_conditioning)
 

@@ -245,7 +245,7 @@ class LogisticMixturePixels:
 
 def make_likelihood(config) -> BernoulliPixels | LogisticMixturePixels:
     """The likelihood of a `ModelConfig` (its `likelihood`, image channels and `nr_logistic_mix`); ValueError
-    naming the field that does not fit. (The generic sampler of `pvpp.sample` takes a likelihood's name, for
+    naming the field that does not fit. (The generic sampler of `pvpp.generation.sample` takes a likelihood's name, for
     decoders that are not PixelVAEPP.)"""
     channels = config.image_shape[-1]
     if config.likelihood == "bernoulli":

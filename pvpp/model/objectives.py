@@ -1,6 +1,6 @@
 """Training objectives and the importance-weighted log-likelihood (nats per image).
 
-Both receive the prior and the likelihood as objects (`pvpp.priors`, `pvpp.likelihoods`), never a config.
+Both receive the prior and the likelihood as objects (`pvpp.priors`, `pvpp.model.likelihoods`), never a config.
 
 - `relaxed_elbo_terms` / `relaxed_elbo_loss`: per example -log p(x | zeta) + beta_kl * KL term, with the KL
   term of the prior (`Prior.relaxed_kl`): GumBolt with path derivatives for the RBM and the factorial

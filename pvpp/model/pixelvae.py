@@ -29,11 +29,11 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from pvpp import relax, settings
-from pvpp.likelihoods import LIKELIHOODS, make_likelihood
+from pvpp.model.likelihoods import LIKELIHOODS, make_likelihood
+from pvpp.model.pixelcnn import DownPath, NUM_STAGES, PixelCNNPP
 from pvpp.nn.resnet import concat_elu
 from pvpp.nn.weightnorm import WNConv, WNConvTranspose, WNDense
-from pvpp.pixelcnn import NUM_STAGES, DownPath, PixelCNNPP
-from pvpp.priors import PRIORS, Prior, make_prior, prior_type
+from pvpp.priors import make_prior, Prior, prior_type, PRIORS
 from pvpp.priors.rbm_prior import rbm_params
 from pvpp.validation import check_int
 
@@ -195,7 +195,7 @@ class PixelVAEPP(nn.Module):
 
     @property
     def likelihood(self):
-        """The pixel likelihood object of the configuration (`pvpp.likelihoods.make_likelihood`)."""
+        """The pixel likelihood object of the configuration (`pvpp.model.likelihoods.make_likelihood`)."""
         return make_likelihood(self.config)
 
     def setup(self):

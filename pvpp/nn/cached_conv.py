@@ -1,6 +1,6 @@
 """Convolutions evaluated piece by piece on a cached input map: one output row, or one output position.
 
-For incremental generation (`pvpp.cached_sampler`): a causal convolution keeps its whole input as a zero-padded
+For incremental generation (`pvpp.generation.cached_sampler`): a causal convolution keeps its whole input as a zero-padded
 map that fills in as pixels are generated, and computes its output only where asked. `CachedConv` describes
 where the input sits in that map (the layer's own padding; a transposed convolution stores its input dilated,
 with zeros between entries, and is then an ordinary stride-1 convolution with the flipped kernel) and how the

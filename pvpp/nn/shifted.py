@@ -89,7 +89,7 @@ class DownRightShiftedConvTranspose(nn.Module):
 
 
 # The paddings (lax pairs ((top, bottom), (left, right))) of the layers above: public, so that code which
-# evaluates these layers window by window (`pvpp.cached_sampler`) reads the same geometry.
+# evaluates these layers window by window (`pvpp.generation.cached_sampler`) reads the same geometry.
 
 
 def down_shifted_padding(kernel_size: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:

@@ -1,7 +1,7 @@
 """Arrays across the devices of a run: which devices (`run_devices`), the pmap layout, replication, reading
 replicated scalars, and a thread that draws batches and copies them to the devices ahead of the step.
 
-With several processes the pmapped step runs over the devices of all processes (`pvpp.distributed`), while every
+With several processes the pmapped step runs over the devices of all processes (`pvpp.parallel.distributed`), while every
 array here is local: each process replicates the state on, and copies its part of each batch to, its own
 devices, and pmap joins them into one step."""
 
@@ -16,10 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from pvpp import distributed
-from pvpp.training.step import AXIS
+from pvpp.parallel import distributed
 from pvpp.validation import check_divisible
 
+#: The name of the device axis of every pmapped function (training, evaluation, sampling).
+AXIS = "batch"
 _PREFETCH = 2  # batches drawn and copied to the devices ahead of the step
 
 

@@ -10,7 +10,7 @@ Every process runs the same program on its own local devices; collectives (`lax.
 over `global_devices`) span the devices of all processes. With one process (no `initialize`) every function
 here answers for that one process and costs nothing.
 
-Checkpoints (`pvpp.checkpoint`): orbax refuses to save arrays that live on one process only, so a state that
+Checkpoints (`pvpp.runs.checkpoint`): orbax refuses to save arrays that live on one process only, so a state that
 every process holds identically (one copy on each process's first device) is saved as one array replicated
 over a mesh of one device per process (`to_replicated` / `from_replicated`); orbax writes the copy of process
 0 once, and every process reads it back.
@@ -18,7 +18,7 @@ over a mesh of one device per process (`to_replicated` / `from_replicated`); orb
 Start-up connects the processes' collectives at once (`warm_up_collectives`; training does it again for its
 step's devices), so that no first collective after a long compilation waits on gloo's 30 s rendezvous.
 
-Failure. `pvpp.liveness` watches the processes through the coordination service's key-value store: when one
+Failure. `pvpp.parallel.liveness` watches the processes through the coordination service's key-value store: when one
 dies, freezes or stops on an error, the others stop within `heartbeat_timeout` (at once for an error) with a
 message naming it. JAX's coordination service is the backstop, with twice that timeout. A process that stops
 on an error of its own says so and exits without the shutdown barrier (`pvpp.experiments.errors`).
@@ -36,7 +36,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from pvpp import liveness
+from pvpp.parallel import liveness
 from pvpp.validation import check_int
 
 
@@ -47,7 +47,7 @@ class DistributedConfig:
     coordinator_address: "HOST:PORT" of process 0's coordination service. num_processes, process_id: the
     number of processes and this one's index in 0..N-1. auto: let jax detect what is unset from the cluster
     environment (SLURM, Open MPI, TPU). heartbeat_timeout: seconds without a heartbeat after which a process
-    counts as dead and the others are stopped (`pvpp.liveness`; JAX's own heartbeats get twice as long).
+    counts as dead and the others are stopped (`pvpp.parallel.liveness`; JAX's own heartbeats get twice as long).
     initialization_timeout: seconds to wait for every process to connect. shutdown_timeout: seconds JAX's exit
     barrier waits for every process. Not `enabled` (nothing set): a single-process run, `initialize` does nothing.
     """

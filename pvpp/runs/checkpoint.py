@@ -9,14 +9,13 @@ is for code that owns the manager's lifetime and closes it: at interpreter exit 
 pools that orbax's background write needs before any public exit hook runs, so a save still in flight then
 cannot be finished. An exit hook (`atexit`) closes managers left open and reports such a save as an error
 naming the step; that step is then incomplete and is discarded by the next writable manager (the earlier steps
-are intact). A write
-goes to a temporary directory that orbax renames to `<directory>/<step>` only when complete, so a process
+are intact). A write goes to a temporary directory that orbax renames to `<directory>/<step>` only when complete, so a process
 killed mid-save leaves the previous checkpoints intact, and the half-written temporary directory is removed
 when the next writable manager opens.
 
 Integrity. Every step (and every export) carries an integrity record written with it: a blake2b digest of each
-array's bytes, dtype and shape, by tree path (`pvpp.integrity`). A restore recomputes the digests of what it read
-and compares, and checks that every floating-point array is finite: a step whose files changed after they were
+array's bytes, dtype and shape, by tree path (`pvpp.runs.integrity`). A restore recomputes the digests of what
+it read and compares, and checks that every floating-point array is finite: a step whose files changed after they were
 written (flipped bytes of the same size), or that holds NaN / inf, is not used (`CorruptCheckpointError`).
 Steps and exports written before pvpp 0.2 have no record: they are read with a warning, finiteness checked.
 
@@ -28,7 +27,7 @@ so that training can write that step number again.
 
 Inference: `export_params(path, params, config)` writes parameters (typically the EMA ones) and the model
 config (a JSON-able dict) to an orbax checkpoint directory; `load_params(path)` reads them back. Several
-processes: see `pvpp.distributed` (checkpoints are saved once by all, exports by process 0 alone).
+processes: see `pvpp.parallel.distributed` (checkpoints are saved once by all, exports by process 0 alone).
 """
 
 from __future__ import annotations
@@ -47,8 +46,9 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from pvpp import distributed, integrity
-from pvpp.integrity import CorruptCheckpointError, path_key  # noqa: F401 -- the error is part of this API
+from pvpp.parallel import distributed
+from pvpp.runs import integrity
+from pvpp.runs.integrity import CorruptCheckpointError, path_key  # noqa: F401 -- the error is part of this API
 from pvpp.validation import check_int
 
 PyTree = Any

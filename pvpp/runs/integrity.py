@@ -1,7 +1,7 @@
 """The integrity record of checkpoints and exports: a digest of every array as written, checked on every read.
 
 A damaged file can read back without an error (flipped bytes of the same size decode to other values): the
-digests catch that. `record(tree)` is stored beside the arrays when they are written (`pvpp.checkpoint`), and
+digests catch that. `record(tree)` is stored beside the arrays when they are written (`pvpp.runs.checkpoint`), and
 `verify(tree, record, where)` compares what was read, and also refuses NaN / inf in any floating-point array.
 The digest of an array is blake2b (16 bytes) of its dtype, shape and bytes; typed PRNG keys by their key data.
 """

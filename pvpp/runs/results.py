@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from pvpp.integrity import fingerprints, fingerprints_digest
+from pvpp.runs.integrity import fingerprints, fingerprints_digest
 
 #: Summary keys that may differ between two runs of the same evaluation (how it was invoked).
 VOLATILE_KEYS = ("command",)
@@ -99,7 +99,7 @@ def read_results(path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         summary = json.load(f)
     record = summary.get("per_image")
     if not isinstance(record, Mapping) or "file" not in record:
-        raise InconsistentResultError(f"{path} names no per-image file (not written by pvpp.results)")
+        raise InconsistentResultError(f"{path} names no per-image file (not written by pvpp.runs.results)")
     arrays_path = os.path.join(os.path.dirname(os.path.abspath(path)), record["file"])
     if not os.path.exists(arrays_path):
         raise InconsistentResultError(f"{path}: its per-image file {record['file']} is missing")

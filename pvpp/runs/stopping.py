@@ -15,7 +15,7 @@ command ends with one line, e.g.
 and exit status `STOPPED_EXIT_STATUS` (75, EX_TEMPFAIL of sysexits.h: try again later). A second signal ends the
 process at once, by the signal's default action (the last checkpoint written stays intact: saves are atomic).
 
-Several processes (`pvpp.distributed`): JAX's preemption service decides, so that every process saves the same
+Several processes (`pvpp.parallel.distributed`): JAX's preemption service decides, so that every process saves the same
 step. A SIGTERM to any process is announced to all, and `multihost_utils.reached_preemption_sync_point(step)` is
 True at the same step on every process; SIGINT is handed to that service as a SIGTERM of this process. JAX keeps
 SIGTERM for itself: a second SIGTERM does not end the process (a second SIGINT does). One process does not use
@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from absl import logging
 from jax.experimental import multihost_utils
 
-from pvpp import distributed, liveness
+from pvpp.parallel import distributed, liveness
 
 #: The exit status of a command stopped by SIGTERM or SIGINT (EX_TEMPFAIL): rerunning it continues or redoes it.
 STOPPED_EXIT_STATUS = 75
@@ -177,7 +177,7 @@ def _handlers(handlers) -> Iterator[None]:
 
 
 def _preemption_service_running() -> bool:
-    """Whether JAX's preemption sync manager runs (it has no public handle: reached as pvpp.liveness reaches JAX's
+    """Whether JAX's preemption sync manager runs (it has no public handle: reached as pvpp.parallel.liveness reaches JAX's
     key-value store)."""
     state = getattr(liveness._jax_distributed, "global_state", None)
     return getattr(state, "preemption_sync_manager", None) is not None

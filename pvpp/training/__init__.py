@@ -9,9 +9,9 @@
     devices.py        the device layout, replication, and the prefetching thread
     periodic_eval.py  the cheap evaluation during training
     loop.py           run_training / train_and_evaluate: the loop, checkpoints, metrics, the NaN guard, the
-                      graceful stop on SIGTERM / SIGINT (`pvpp.stopping`)
+                      graceful stop on SIGTERM / SIGINT (`pvpp.runs.stopping`)
 
-The files of a run (config.json, checkpoints, the EMA export) are owned by `pvpp.workdir`. This package
-imports nothing on its own, so `pvpp.workdir` (used by evaluation and sampling) can import `state` without
+The files of a run (config.json, checkpoints, the EMA export) are owned by `pvpp.runs.workdir`. This package
+imports nothing on its own, so `pvpp.runs.workdir` (used by evaluation and sampling) can import `state` without
 importing the loop.
 """

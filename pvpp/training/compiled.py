@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any
 
 import jax
 
 from pvpp.model import ModelConfig, PixelVAEPP
-from pvpp.optim import OptimConfig, make_optimizer
-from pvpp.priors import AISConfig, NegativePhaseConfig, make_prior
+from pvpp.parallel.devices import AXIS
+from pvpp.parallel.tracing import TraceCounter
+from pvpp.priors import AISConfig, make_prior, NegativePhaseConfig
 from pvpp.training.config import StepConfig, TrainConfig
+from pvpp.training.optim import make_optimizer, OptimConfig
 from pvpp.training.state import state_initializer
-from pvpp.training.step import AXIS, eval_step, train_step
+from pvpp.training.step import eval_step, train_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,20 +54,6 @@ def step_functions(model_config: ModelConfig, config: TrainConfig, devices: tupl
         log_partition=_log_partition_function(model_config, config.log_z_ais),
         counters=(init_counter, train_counter, eval_counter),
     )
-
-
-class TraceCounter:
-    """Calls `fn` and counts the calls; under jit / pmap a call of the Python function is a trace."""
-
-    def __init__(self, name: str, fn: Callable):
-        self.name = name
-        self.count = 0
-        self._fn = fn
-        functools.update_wrapper(self, fn)
-
-    def __call__(self, *args, **kwargs):
-        self.count += 1
-        return self._fn(*args, **kwargs)
 
 
 @functools.lru_cache(maxsize=8)

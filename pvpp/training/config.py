@@ -9,9 +9,9 @@ from typing import Any, ClassVar
 
 from pvpp import settings
 from pvpp.data.catalog import DATASET_NAMES, SPLITS
-from pvpp.optim import OptimConfig
 from pvpp.priors import AISConfig, NegativePhaseConfig
 from pvpp.priors.base import NEGATIVE_PHASES
+from pvpp.training.optim import OptimConfig
 from pvpp.validation import check_choice, check_divisible, check_int
 
 
@@ -84,7 +84,7 @@ class TrainConfig:
     """Everything about a training run except the model and the data. Variants: `config.replace(...)`.
 
     batch_size: global (all devices), a multiple of the device count. num_steps or num_epochs: exactly one is
-    set. num_devices: None = all devices (of all processes, `pvpp.distributed`). optim: Adam, lr decay, EMA, KL warm-up (`optim.OptimConfig`).
+    set. num_devices: None = all devices (of all processes, `pvpp.parallel.distributed`). optim: Adam, lr decay, EMA, KL warm-up (`optim.OptimConfig`).
     negative_phase, num_chains, sweeps_per_step, negative_ais: the RBM's negative phase ('pcd': `num_chains`
     persistent chains, `sweeps_per_step` block-Gibbs sweeps per step; 'ais': fresh `negative_ais` samples each
     step), see `step_config`. log_z_ais: AIS for log Z at each evaluation. init_batch_size: images for the

@@ -3,7 +3,7 @@
 At every evaluation, with the EMA parameters: `num` prior samples (RBM: `GIBBS_SWEEPS` block-Gibbs sweeps per
 chain from random states; other priors: exact samples), one decode each, in one row; and for the first `num`
 images of the evaluation subset, the images (first row) above one reconstruction each (z ~ q(z | x), one
-decode). Decoding uses the cached sampler (`pvpp.cached_sampler`): a few seconds at the CPU configurations, a
+decode). Decoding uses the cached sampler (`pvpp.generation.cached_sampler`): a few seconds at the CPU configurations, a
 one-off compilation the first time. Randomness: `fold_in(stream(root, 'eval_grids'), step)`, so a resumed run
 draws the grids of an uninterrupted one.
 """
@@ -15,10 +15,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from pvpp import images as image_io
-from pvpp import keys, sample
-from pvpp.likelihoods import make_likelihood
+from pvpp import keys
+from pvpp.generation import images as image_io, sample
 from pvpp.model import ModelConfig, to_model_space
+from pvpp.model.likelihoods import make_likelihood
 from pvpp.priors import make_prior
 
 GIBBS_SWEEPS = 1000

@@ -8,12 +8,12 @@ collectives can deadlock XLA's CPU devices), draws and copies batches in a backg
 step's loss, gradient norm and new parameters: a non-finite value raises `FloatingPointError` naming the step,
 and since a checkpoint of step N is written only after step N was checked, no bad state is ever saved.
 Logging, evaluation and checkpoints fire on their periods and on the final step. The files it writes are
-described in `pvpp.workdir`; config.json is written only once the resume checks have passed and the state is
+described in `pvpp.runs.workdir`; config.json is written only once the resume checks have passed and the state is
 restored (a refused resume leaves the workdir as it was), with the settings of every segment of the run.
-SIGTERM or SIGINT (`pvpp.stopping`) let the running step finish; it is logged and checkpointed, and the loop
+SIGTERM or SIGINT (`pvpp.runs.stopping`) let the running step finish; it is logged and checkpointed, and the loop
 raises `stopping.TrainingStopped`; with several processes all stop at the same step (JAX's preemption service).
 
-Several processes (`pvpp.distributed`): every process runs this loop over its own devices and its own part of
+Several processes (`pvpp.parallel.distributed`): every process runs this loop over its own devices and its own part of
 each global batch; the step's collectives make every process hold the same state and take the same decisions
 (the NaN check included). Process 0 alone holds the workdir's lock and writes config.json, the metrics, the
 progress lines and the export; every process takes part in saving and restoring the checkpoints.
@@ -37,14 +37,16 @@ import numpy as np
 import optax
 from absl import logging
 
-from pvpp import checkpoint, data, distributed, stopping, workdir as workdir_files
-from pvpp.metrics import MetricsWriter, ProgressLogger
+from pvpp import data
 from pvpp.model import ModelConfig, PixelVAEPP
-from pvpp.optim import ema_params
-from pvpp.training import grids, periodic_eval, resume
+from pvpp.parallel import distributed
+from pvpp.runs import checkpoint, stopping, workdir as workdir_files
+from pvpp.runs.metrics import MetricsWriter, ProgressLogger
+from pvpp.training import grids, periodic_eval, resume, saving
 from pvpp.training.compiled import step_functions
 from pvpp.training.config import DataConfig, SettingError, TrainConfig
-from pvpp.training.devices import (
+from pvpp.training.optim import ema_params
+from pvpp.parallel.devices import (
     Prefetcher,
     device_sharding,
     first_copy_scalars,
@@ -104,13 +106,13 @@ def run_training(
 ) -> TrainState:
     """Trains `model_config` on `train_data`, resuming from the latest readable checkpoint in `workdir`.
 
-    Everything is validated before anything is written, the resume included (`workdir.check_resumable`: the
+    Everything is validated before anything is written, the resume included (`resume.check_resumable`: the
     FIXED settings of `pvpp.settings` must match config.json's; CHANGEABLE ones may differ only with
     allow_changed_settings, and config.json then records the new segment with the step it starts from, and
     metrics.jsonl / TensorBoard a note at that step). setting_names: how messages name each setting (path ->
     e.g. '--flag', see `pvpp.training.resume.name_of`). Returns the final state (one copy, on the first device).
     Raises FloatingPointError when a step produces a non-finite loss, gradient or parameter (nothing after the
-    last good checkpoint is saved), and `pvpp.stopping.TrainingStopped` after SIGTERM or SIGINT (the checkpoint
+    last good checkpoint is saved), and `pvpp.runs.stopping.TrainingStopped` after SIGTERM or SIGINT (the checkpoint
     of the step that was running is saved first).
     """
     devices, local_devices = _check_run(model_config, train_config, train_data, eval_data, workdir, setting_names)
@@ -131,7 +133,7 @@ def run_training(
         "num_steps": num_steps,
         "versions": {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__},
     }
-    recorded, changes = workdir_files.check_resumable(
+    recorded, changes = resume.check_resumable(
         workdir, run_description, allow_changed_settings=allow_changed_settings, names=setting_names
     )
     resumed = _Resume(recorded, changes, setting_names)
@@ -152,7 +154,7 @@ def run_training(
 
 
 class _Resume(NamedTuple):
-    """What `workdir.check_resumable` found: config.json's record (None: a new run), the settings that differ
+    """What `resume.check_resumable` found: config.json's record (None: a new run), the settings that differ
     from it, and how messages name the settings."""
 
     recorded: dict[str, Any] | None
@@ -194,8 +196,8 @@ def _train(
     writer = prefetcher = None
     stack = contextlib.ExitStack()
     try:
-        template = workdir_files.checkpoint_template(model_config, train_config, local_devices[0])
-        state, last_saved = workdir_files.restore_or_init(
+        template = saving.checkpoint_template(model_config, train_config, local_devices[0])
+        state, last_saved = saving.restore_or_init(
             manager,
             template,
             fns.init,
@@ -319,7 +321,7 @@ def _train(
 
 def _recorded_template(model_config, train_config, recorded, device):
     """A function giving the checkpoint template of the recorded training settings when they differ from
-    `train_config` (`workdir.restore_or_init` converts checkpoints of another optimizer structure), else None."""
+    `train_config` (`saving.restore_or_init` converts checkpoints of another optimizer structure), else None."""
     if recorded is None:
         return None
     try:
@@ -328,7 +330,7 @@ def _recorded_template(model_config, train_config, recorded, device):
         return None
     if recorded_config == train_config:
         return None
-    return lambda: workdir_files.checkpoint_template(model_config, recorded_config, device)
+    return lambda: saving.checkpoint_template(model_config, recorded_config, device)
 
 
 def _write_record(workdir, run_description, resumed, start_step: int) -> MetricsWriter:
@@ -351,7 +353,7 @@ def _export(workdir, model_config: ModelConfig, final: TrainState, *, finished_b
     if finished_before and workdir_files.export_is_intact(workdir, step):
         logging.info("The run had already finished at step %d; its intact export is left as it is.", step)
     else:
-        path = workdir_files.export_ema(workdir, model_config, final)
+        path = saving.export_ema(workdir, model_config, final)
         logging.info("Done: step %d; EMA parameters in %s.", step, path)
 
 

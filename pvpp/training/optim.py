@@ -65,7 +65,7 @@ class OptimConfig:
     kl_start: float = settings.setting(0.0, "KL weight at step 0")
 
     #: On resume (`pvpp.settings`): every optimizer setting may change on purpose (switching clipping on or off
-    #: changes the optimizer state's structure, which `pvpp.workdir.restore_or_init` converts).
+    #: changes the optimizer state's structure, which `pvpp.training.saving.restore_or_init` converts).
     ON_RESUME: ClassVar[dict[str, str]] = {"*": settings.CHANGEABLE}
 
     def __post_init__(self):

@@ -1,4 +1,4 @@
-"""The cheap evaluation during training (every `eval_every` steps; the full IWAE evaluation is `pvpp.evaluate`).
+"""The cheap evaluation during training (every `eval_every` steps; the full IWAE evaluation is `pvpp.evaluation.evaluate`).
 
 On a fixed subset of the evaluation split, with fixed noise, for the current and the EMA parameters: log Z of an
 unnormalised prior by AIS ('log_partition', its interval and effective sample size; '_ema' for the EMA
@@ -17,10 +17,10 @@ import jax.numpy as jnp
 
 from pvpp import data, keys
 from pvpp.model import PixelVAEPP
-from pvpp.optim import ema_params
+from pvpp.parallel.devices import first_copy_scalars, unreplicate
 from pvpp.training.compiled import StepFunctions
 from pvpp.training.config import TrainConfig
-from pvpp.training.devices import first_copy_scalars, unreplicate
+from pvpp.training.optim import ema_params
 from pvpp.training.state import TrainState
 
 

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from pvpp import settings
 from pvpp.model import ModelConfig
+from pvpp.runs import workdir as workdir_files
 from pvpp.training.config import DataConfig, TrainConfig
 
 SEGMENTS_KEY = "segments"
@@ -162,3 +164,43 @@ def _same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
 
 def _settings(segment: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in segment.items() if key != START_STEP_KEY}
+
+
+def check_resumable(
+    workdir,
+    description: Mapping[str, Any],
+    *,
+    allow_changed_settings: bool = False,
+    names: Mapping[str, str] | None = None,
+) -> tuple[dict[str, Any] | None, list[Change]]:
+    """Compares the run `description` with the one recorded in `<workdir>/config.json` (`pvpp.settings` kinds).
+
+    A FIXED setting that differs is another run: WorkdirConflictError. A CHANGEABLE one: ChangedSettingsError
+    unless allow_changed_settings. names: how the messages name each setting (path -> e.g. '--flag'; the entry
+    points give their flags; 'allow_changed_settings' and 'workdir' name those arguments). Returns (the record or
+    None, every difference found: the changes to record). Reads only.
+    """
+    recorded = workdir_files.read_config(workdir)
+    changes = differences(recorded, description)
+    fixed = [c for c in changes if c.kind == settings.FIXED]
+    if fixed:
+        sections = [s for s in SECTIONS if any(c.path.split(".")[0] == s for c in fixed)] or ["run"]
+        raise workdir_files.WorkdirConflictError(
+            f"{_named_workdir(workdir, names)} holds a run with another {' and '.join(sections)} configuration "
+            f"({'; '.join(c.describe(names) for c in fixed)}; recorded -> given), which a resumed run cannot "
+            f"change: use a new {name_of('workdir', names)}, or the recorded values to resume"
+        )
+    changed = [c for c in changes if c.kind == settings.CHANGEABLE]
+    if changed and not allow_changed_settings:
+        allow = (names or {}).get("allow_changed_settings", "allow_changed_settings=True")
+        raise workdir_files.ChangedSettingsError(
+            f"{_named_workdir(workdir, names)} was trained with other settings "
+            f"({'; '.join(c.describe(names) for c in changed)}; recorded -> given): pass {allow} to resume with "
+            "the new ones (config.json then keeps both, with the step where the change starts), or the recorded "
+            "values to resume as before"
+        )
+    return recorded, changes
+
+
+def _named_workdir(workdir, names: Mapping[str, str] | None) -> str:
+    return f"{name_of('workdir', names)} {os.fspath(workdir)}"

@@ -14,8 +14,8 @@ import optax
 
 from pvpp import keys
 from pvpp.model import ModelConfig, PixelVAEPP, to_model_space
-from pvpp.optim import OptimConfig, make_optimizer
 from pvpp.priors import NegativePhaseConfig
+from pvpp.training.optim import make_optimizer, OptimConfig
 
 
 @flax.struct.dataclass
@@ -68,7 +68,7 @@ def state_initializer(
 ) -> Callable[[jax.Array, jax.Array], TrainState]:
     """The one recipe of a run's train state: `init(key, images)` is `init_train_state` of `PixelVAEPP(model_config)`
     with the optimizer `make_optimizer(optim)` and the negative phase `negative_phase`. The compiled init
-    (`pvpp.training.compiled`) runs it; the checkpoint template (`pvpp.workdir.checkpoint_template`) takes its
+    (`pvpp.training.compiled`) runs it; the checkpoint template (`pvpp.training.saving.checkpoint_template`) takes its
     shapes with `jax.eval_shape`, so what a checkpoint holds is what the run builds."""
     return functools.partial(
         init_train_state, PixelVAEPP(model_config), make_optimizer(optim), negative_phase=negative_phase

@@ -22,14 +22,13 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from pvpp import keys, objectives
-from pvpp.model import ModelOutput, PixelVAEPP, to_model_space
-from pvpp.optim import kl_weight_schedule, learning_rate_schedule
+from pvpp import keys
+from pvpp.model import ModelOutput, objectives, PixelVAEPP, to_model_space
+from pvpp.parallel.devices import AXIS
 from pvpp.training.config import StepConfig
+from pvpp.training.optim import kl_weight_schedule, learning_rate_schedule
 from pvpp.training.state import TrainState
 
-#: The name of the device axis of every pmapped function.
-AXIS = "batch"
 
 
 def train_step(

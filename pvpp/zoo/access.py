@@ -14,12 +14,12 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from pvpp import integrity, workdir
-from pvpp.model import ModelConfig
-from pvpp.zoo import reference, registry, weights
-from pvpp.zoo.registry import GRID_FILENAME, REFERENCE_FILENAME, WEIGHTS_FILENAME
-from pvpp.zoo.errors import CorruptEntryError
 from pvpp.data.raw import file_digest
+from pvpp.model import ModelConfig
+from pvpp.runs import integrity, workdir
+from pvpp.zoo import reference, registry, weights
+from pvpp.zoo.errors import CorruptEntryError
+from pvpp.zoo.registry import GRID_FILENAME, REFERENCE_FILENAME, WEIGHTS_FILENAME
 
 
 class Verified(NamedTuple):
@@ -104,7 +104,7 @@ def check_file(entry: registry.Entry, record: dict[str, Any], filename: str) -> 
 
 
 def export(name: str, directory, *, overwrite: bool = False) -> str:
-    """Writes the entry's verified weights as a normal export (`pvpp.workdir.export_for_inference`) to
+    """Writes the entry's verified weights as a normal export (`pvpp.runs.workdir.export_for_inference`) to
     `directory`, readable by `pvpp.load(directory)` and the commands' --checkpoint. Returns the directory."""
     entry = registry.resolve(name)
     card = registry.read_card(entry)

@@ -19,8 +19,9 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from pvpp import evaluate, keys
-from pvpp.iwae_pass import importance_weighted_pass
+from pvpp import keys
+from pvpp.evaluation import evaluate
+from pvpp.evaluation.iwae_pass import importance_weighted_pass
 from pvpp.model import ModelConfig
 from pvpp.zoo import access, provenance, registry
 from pvpp.zoo.errors import ZooError

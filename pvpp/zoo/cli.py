@@ -19,8 +19,8 @@ import json
 import sys
 from typing import Any
 
-from pvpp import checkpoint
 from pvpp.experiments.errors import STOPPING_ERRORS
+from pvpp.runs import checkpoint
 from pvpp.zoo import access, catalog, check_subset, registry
 from pvpp.zoo.errors import ZooError
 from pvpp.zoo.packaging import package as zoo_package

@@ -4,7 +4,7 @@ user adds their own (into a folder of `PVPP_ZOO_PATH`, where they get the same c
     pvpp.zoo.package("runs/caltech101_rbm", "runs/caltech101_rbm/eval/caltech101_silhouettes_test_k1000_seed0.json",
                      "caltech101-rbm-cpubudget", destination="my_zoo", budget="about one hour on 2 CPU cores")
 
-Inputs: the workdir (config.json and its EMA parameters, `pvpp.workdir.load_for_inference`) and the evaluation's
+Inputs: the workdir (config.json and its EMA parameters, `pvpp.inference.load_model`) and the evaluation's
 JSON with its sibling .npz of per-image values (`python -m pvpp.experiments.evaluate`). The evaluation must be of
 these parameters: same model, same step, and its check subset must evaluate again to the values in its .npz.
 The entry is written to a temporary folder and renamed into place, so a failed packaging leaves nothing behind;
@@ -22,12 +22,14 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from pvpp import data, images as image_io, integrity, workdir as workdir_files
-from pvpp.inference import LoadedModel
-from pvpp.likelihoods import make_likelihood
-from pvpp.model import ModelConfig
-from pvpp.priors import make_prior
+from pvpp import data
 from pvpp.data.raw import file_digest
+from pvpp.generation import images as image_io
+from pvpp.inference import load_model, LoadedModel
+from pvpp.model import ModelConfig
+from pvpp.model.likelihoods import make_likelihood
+from pvpp.priors import make_prior
+from pvpp.runs import integrity, workdir as workdir_files
 from pvpp.zoo import access, check_subset, names, provenance, reference, registry, sections, weights
 from pvpp.zoo.errors import EntryExistsError, ZooError
 
@@ -72,7 +74,7 @@ def package(
     destination = _destination(destination)
     run, inference = _read_run(workdir)
     summary, per_image, eval_path = _read_evaluation(eval_json)
-    config = inference.model_config
+    config = inference.config
     _check_match(name, run, inference, summary, eval_path)
     command = command if command is not None else summary.get("command")
     if not command:
@@ -195,11 +197,11 @@ def _destination(destination) -> pathlib.Path:
     return pathlib.Path(folders[0]).expanduser().resolve()
 
 
-def _read_run(workdir) -> tuple[dict[str, Any], workdir_files.InferenceModel]:
+def _read_run(workdir) -> tuple[dict[str, Any], LoadedModel]:
     run = workdir_files.read_config(workdir)
     if run is None:
         raise ZooError(f"package: {workdir} has no {workdir_files.CONFIG_FILENAME}: not a training workdir")
-    inference = workdir_files.load_for_inference(workdir=workdir)
+    inference = load_model(workdir=workdir)
     return run, inference
 
 

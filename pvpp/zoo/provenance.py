@@ -13,8 +13,9 @@ from typing import Any
 
 import jax
 
-from pvpp import __version__, metrics
+from pvpp import __version__
 from pvpp.data.raw import file_digest
+from pvpp.runs import metrics
 from pvpp.zoo.errors import ZooError
 
 #: Distributions whose versions a card records.

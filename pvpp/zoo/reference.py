@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pvpp.likelihoods import make_likelihood
 from pvpp.model import ModelConfig, PixelVAEPP, to_model_space
+from pvpp.model.likelihoods import make_likelihood
 from pvpp.priors import make_prior
 from pvpp.zoo.errors import CorruptEntryError
 

@@ -3,7 +3,7 @@
 
     identity      name, revision, resolved_name ('name@rN'), pvpp_version, git_commit, git_dirty, packaged_at
     files         weights / reference / grid: {path, sha256, size_bytes, ...}; num_parameters; integrity (the
-                  per-array digests, `pvpp.integrity.record`)
+                  per-array digests, `pvpp.runs.integrity.record`)
     model         the full ModelConfig as trained (`ModelConfig.to_dict()`)
     data          dataset, split, split_size, variant, validation_size, binarization (static / dynamic / none),
                   evaluation_images (how the evaluated images were binarized), data_space, data_note,
@@ -26,9 +26,9 @@ from __future__ import annotations
 import shlex
 from typing import Any, Mapping
 
-from pvpp import integrity
-from pvpp.likelihoods import make_likelihood
 from pvpp.model import ModelConfig
+from pvpp.model.likelihoods import make_likelihood
+from pvpp.runs import integrity
 from pvpp.zoo import check_subset, names, paper, provenance, reference, schema
 from pvpp.zoo.registry import GRID_FILENAME, REFERENCE_FILENAME, WEIGHTS_FILENAME
 from pvpp.zoo.weights import FORMAT as WEIGHTS_FORMAT
@@ -105,7 +105,7 @@ def training_section(
 
 
 def result_section(summary: Mapping[str, Any], evaluation_file: str, command) -> dict[str, Any]:
-    """The headline from an evaluation summary (`pvpp.evaluate.evaluate_split`); command: the evaluate command
+    """The headline from an evaluation summary (`pvpp.evaluation.evaluate.evaluate_split`); command: the evaluate command
     line (a string or a list of arguments)."""
     nats = summary["nats"]
     headline = summary["headline"]

@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pvpp.integrity import path_key
 from pvpp.model import ModelConfig, PixelVAEPP
+from pvpp.runs.integrity import path_key
 from pvpp.zoo.errors import CorruptEntryError
 
 FORMAT = (
