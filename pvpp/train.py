@@ -9,11 +9,11 @@ from pvpp.parallel.devices import AXIS, device_sharding, replicate, unreplicate
 from pvpp.priors import AISConfig
 from pvpp.priors.base import NEGATIVE_PHASES
 from pvpp.runs.workdir import CHECKPOINT_DIRNAME, CONFIG_FILENAME, EMA_PARAMS_DIRNAME
-from pvpp.training.compiled import step_functions, StepFunctions
+from pvpp.training.compiled import StepFunctions, step_functions
 from pvpp.training.config import DataConfig, StepConfig, TrainConfig
 from pvpp.training.loop import run_training, train_and_evaluate
 from pvpp.training.saving import checkpoint_template
-from pvpp.training.state import init_train_state, TrainState
+from pvpp.training.state import TrainState, init_train_state
 from pvpp.training.step import eval_step, forward, train_step
 
 __all__ = [

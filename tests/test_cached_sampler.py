@@ -83,6 +83,10 @@ def test_cached_outputs_equal_the_full_pass_at_every_pixel(likelihood, downsampl
     assert float(jnp.std(full)) > 0.1  # the comparison is not between near-constant outputs
 
 
+#: `cached_sampler.cached_sample` compiled once per (spec, shape, likelihood).
+_CACHED_SAMPLE = jax.jit(cached_sampler.cached_sample, static_argnums=(0, 3, 4))
+
+
 @pytest.mark.parametrize("likelihood, downsample", CASES)
 def test_cached_and_naive_samplers_draw_the_same_images(likelihood, downsample):
     model, variables, cond_map, h, skip_extras, x = _decoder(likelihood, downsample)
@@ -95,7 +99,7 @@ def test_cached_and_naive_samplers_draw_the_same_images(likelihood, downsample):
         naive = sample.autoregressive_sample_with_keys(
             decode, pixel_keys, shape, likelihood, variables, cond_map, h, skip_extras
         )
-        cached = cached_sampler.cached_sample_jit(
+        cached = _CACHED_SAMPLE(
             spec, variables["params"], pixel_keys, shape, likelihood, conditioning
         )
         np.testing.assert_array_equal(np.asarray(cached), np.asarray(naive))

@@ -11,7 +11,9 @@ import pytest
 from absl import flags
 
 from pvpp.evaluation.evaluate import EvalConfig
-from pvpp.experiments import common, config_flags, evaluate as evaluate_command, mnist, omniglot, processes, sample as sample_command
+from pvpp.experiments import common, config_flags, mnist, omniglot, processes
+from pvpp.experiments import evaluate as evaluate_command
+from pvpp.experiments import sample as sample_command
 from pvpp.generation.sample import SampleConfig
 from pvpp.model import ModelConfig
 from pvpp.settings import setting

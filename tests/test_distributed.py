@@ -8,8 +8,8 @@ the same numbers as one process. A SIGTERM to one of the processes stops both at
 
 Gloo connects the processes at the first collective over a set of devices and waits only 30 s there: with a cold
 compilation cache on busy cores the processes' compilations of the train step can end minutes apart, so
-`pvpp.parallel.distributed.warm_up_collectives` makes that connection while they are in step (a later collective waits as
-long as it takes).
+`pvpp.parallel.distributed.warm_up_collectives` makes that connection while they are in step (a later
+collective waits as long as it takes).
 """
 
 from __future__ import annotations

@@ -88,7 +88,7 @@ def test_plain_pixelcnn_evaluates_to_the_sum_of_its_pixel_log_probs(likelihood):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_dir):
-    """(workdir, InferenceModel loaded from it, the first NUM_TEST test images)."""
+    """(workdir, LoadedModel loaded from it, the first NUM_TEST test images)."""
     workdir = str(tmp_path_factory.mktemp("trained"))
     train_data = data.load("caltech101_silhouettes", "train", data_dir=data_dir)
     test_data = data.load("caltech101_silhouettes", "test", data_dir=data_dir)

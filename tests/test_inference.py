@@ -13,7 +13,8 @@ import pvpp
 from helpers import random_variables
 from pvpp import data, train
 from pvpp.evaluation import evaluate
-from pvpp.experiments import evaluate as evaluate_command, sample as sample_command
+from pvpp.experiments import evaluate as evaluate_command
+from pvpp.experiments import sample as sample_command
 from pvpp.generation import sample
 from pvpp.model import ModelConfig, PixelVAEPP
 from pvpp.runs import workdir as workdir_files

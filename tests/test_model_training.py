@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pvpp import data, train
-from pvpp.model import ModelConfig, objectives, PixelVAEPP, to_model_space
+from pvpp.model import ModelConfig, PixelVAEPP, objectives, to_model_space
 from pvpp.priors import make_prior
 from pvpp.training.optim import OptimConfig
 

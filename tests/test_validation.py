@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pvpp.validation import check_choice, check_int, NotAnIntError
+from pvpp.validation import NotAnIntError, check_choice, check_int
 
 
 def test_check_int_accepts_python_and_numpy_integers_at_or_above_the_minimum():

@@ -1,4 +1,5 @@
-"""Benchmark of the test-set evaluation (`pvpp.evaluation.evaluate`): seconds per image of the IWAE pass, and AIS for log Z.
+"""Benchmark of the test-set evaluation (`pvpp.evaluation.evaluate`): seconds per image of the IWAE pass, and
+AIS for log Z.
 
     python -m pvpp.bench.evaluate [--output evaluate.json] [--quick] [--num_samples K] [--batch_size B]
         [--chunk_size C] [--target_samples 1000] [--ais_betas 1000]
@@ -32,7 +33,7 @@ import numpy as np
 from pvpp.bench.common import log, machine_info, measured, random_variables, timed, write_result
 from pvpp.bench.peak import matmul_peak
 from pvpp.evaluation import evaluate
-from pvpp.model import mnist_config, PixelVAEPP, rbm_params
+from pvpp.model import PixelVAEPP, mnist_config, rbm_params
 from pvpp.priors import ais
 
 TEST_SET_SIZES = {"caltech101_silhouettes": 2307, "mnist": 10000}

@@ -6,8 +6,8 @@
 Configurations: PixelVAE++ decoders of the paper, batch 16, random weights (sampling cost does not depend on
 their values), latents drawn at random: `mnist_paper` (`pvpp.model.mnist_config()`: 28x28x1, nr_resnet 3, 64
 filters, down-sampling, Bernoulli, 400 z1) and `cifar10_paper` (`cifar10_config()`: 32x32x3, nr_resnet 5, 128
-filters, 10 logistics, z1, z2 and z3). Both samplers run through `pvpp.generation.sample.model_sampler`, the code the sample
-command runs, with the same latents and key stream.
+filters, 10 logistics, z1, z2 and z3). Both samplers run through `pvpp.generation.sample.model_sampler`, the
+code the sample command runs, with the same latents and key stream.
 
 The naive sampler runs the whole decoder once per pixel, so one batch takes minutes. Unless `--full` is given,
 it is timed over the first N pixels (N from `--naive-pixels`, default 64) and its time per batch is extrapolated
@@ -34,7 +34,7 @@ import numpy as np
 from pvpp.bench.common import log, machine_info, measured, random_variables, write_result
 from pvpp.bench.peak import matmul_peak
 from pvpp.generation import sample
-from pvpp.model import cifar10_config, mnist_config, ModelConfig, PixelVAEPP
+from pvpp.model import ModelConfig, PixelVAEPP, cifar10_config, mnist_config
 
 CONFIGS = {
     "mnist_paper": (mnist_config(dropout_rate=0.0), 16),

@@ -54,7 +54,6 @@ import numpy as np
 from absl import logging
 
 from pvpp import data, keys
-from pvpp.runs import results
 from pvpp.evaluation.iwae_pass import (  # noqa: F401  (re-exported: the pass is part of the evaluation's interface)
     PER_IMAGE,
     check_example_images,
@@ -67,6 +66,7 @@ from pvpp.model.likelihoods import make_likelihood
 from pvpp.priors import AISConfig, make_prior
 from pvpp.priors.ais import PRESETS as AIS_PRESETS
 from pvpp.priors.base import LOG_PARTITION_METHODS
+from pvpp.runs import results
 from pvpp.settings import setting
 from pvpp.validation import check_choice, check_int
 

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from pvpp.model import ModelConfig, objectives, PixelVAEPP, to_model_space
+from pvpp.model import ModelConfig, PixelVAEPP, objectives, to_model_space
 from pvpp.model.likelihoods import make_likelihood
 from pvpp.parallel import distributed
 from pvpp.parallel.devices import device_sharding, replicate

@@ -4,8 +4,8 @@ not bugs of pvpp. Every entry point runs its work through `exit_on_stopping_erro
 
 In a multi-process run (`pvpp.parallel.distributed`) a process that stops, on any error, says so naming itself and
 exits at once (`os._exit`), without jax's shutdown barrier: otherwise it would wait there, still sending
-heartbeats, while the others wait for it in a collective. It first tells the others (`pvpp.parallel.liveness.mark_failed`),
-which then stop at once.
+heartbeats, while the others wait for it in a collective. It first tells the others
+(`pvpp.parallel.liveness.mark_failed`), which then stop at once.
 
 A command stopped by SIGTERM or SIGINT (`pvpp.runs.stopping`) ends with one line and exit status
 `pvpp.runs.stopping.STOPPED_EXIT_STATUS` (75): training after saving the checkpoint of the step that was running (with

@@ -1,11 +1,12 @@
 """Cached, incremental sampling of pvpp's PixelCNN++ decoder: about one decoder pass of work per image.
 
-The naive sampler (`pvpp.generation.sample.autoregressive_sample`) runs the whole network once per pixel, H * W passes for
-one image. Yet sampling pixel (r, c) needs each layer's output at one place only, and each layer's inputs there
-were already computed for earlier pixels. So here every causal convolution keeps its (activated) input as a map
-that fills in as sampling proceeds, and each layer is evaluated only where the next pixel needs it. This is the
-idea of Ramachandran et al. 2017 ("Fast generation for convolutional autoregressive models"); the schedule below
-is pvpp's own, for its decoder (`pvpp.model.pixelcnn.PixelCNNPP`, with `cond_map`, `h` and `skip_extras`):
+The naive sampler (`pvpp.generation.sample.autoregressive_sample`) runs the whole network once per pixel,
+H * W passes for one image. Yet sampling pixel (r, c) needs each layer's output at one place only, and each
+layer's inputs there were already computed for earlier pixels. So here every causal convolution keeps its
+(activated) input as a map that fills in as sampling proceeds, and each layer is evaluated only where the next
+pixel needs it. This is the idea of Ramachandran et al. 2017 ("Fast generation for convolutional
+autoregressive models"); the schedule below is pvpp's own, for its decoder (`pvpp.model.pixelcnn.PixelCNNPP`,
+with `cond_map`, `h` and `skip_extras`):
 
 - **Row phase**, when image row r starts: the vertical stream u of both passes reads only rows above the pixel,
   so each u layer computes its whole row at once. A stage at resolution 1/f (f = 1, 2, 4 with down-sampling)
@@ -41,13 +42,13 @@ value written in instead of sampled) and returns every pixel's outputs: the chec
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from pvpp.model import likelihoods
+from pvpp.model.pixelcnn import NUM_STAGES, PixelCNNPP
 from pvpp.nn.cached_conv import At, CachedConv, Row
 from pvpp.nn.resnet import concat_elu, gate
 from pvpp.nn.shifted import (
@@ -56,7 +57,6 @@ from pvpp.nn.shifted import (
     down_shifted_padding,
     down_shifted_transpose_padding,
 )
-from pvpp.model.pixelcnn import NUM_STAGES, PixelCNNPP
 from pvpp.nn.weightnorm import effective_kernel
 
 U_KERNEL = (2, 3)  # the vertical stream's DownShiftedConv, as in PixelCNNPP
@@ -486,8 +486,3 @@ def decoder_conditioning(
         return Conditioning(None, None, features, h, extras)
     return Conditioning(features, h, features, h, extras)
 
-
-@functools.partial(jax.jit, static_argnums=(0, 3, 4))
-def cached_sample_jit(spec, params, pixel_keys, shape, likelihood, conditioning=Conditioning()):
-    """`cached_sample` compiled once per (spec, shape, likelihood)."""
-    return cached_sample(spec, params, pixel_keys, shape, likelihood, conditioning)

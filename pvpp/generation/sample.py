@@ -5,11 +5,14 @@ Model level (section "Model-level generation" below; `python -m pvpp.experiments
 `generate_from_prior` (Figures 5-7: RBM latents by block Gibbs, N(0, I) for the Gaussian prior, each decoded
 several times), `reconstruct` (Figures 2-4: one hard z ~ q(z | x) per test image, decoded several times),
 `save_figures` (PNG grids, rows also sorted by energy distance as in Figures 4 and 7, and the arrays as .npz).
-Decoding there uses the cached sampler (`pvpp.generation.cached_sampler`, about one decoder pass of work per image) unless
-`sampler='naive'` asks for the generic loop below; both draw the same images from the same keys.
+`decode_latents` is the one way in to decoding a PixelVAE++'s latents (any number, batched over the devices and
+processes); `model_sampler` is the compiled program of one batch that it runs. It uses the cached sampler
+(`pvpp.generation.cached_sampler`, about one decoder pass of work per image) unless `sampler='naive'` asks for the
+generic loop below; both draw the same images from the same keys.
 
-Sampling (the generic, naive loop: any causal decoder). `autoregressive_sample(decode, key, shape, likelihood, *decode_args)` draws x [B, H, W, C] in model
-space ([-1, 1]; binary images as -1 / +1) from a decoder that is autoregressive in raster order: output (i, j)
+Sampling (the generic, naive loop: any causal decoder, e.g. a plain `PixelCNNPP`).
+`autoregressive_sample(decode, key, shape, likelihood, *decode_args)` draws x [B, H, W, C] in model space
+([-1, 1]; binary images as -1 / +1) from a decoder that is autoregressive in raster order: output (i, j)
 of `decode(x, *decode_args)` may depend on x only at pixels before (i, j). One `lax.fori_loop` step per pixel
 runs the whole decoder once, samples every channel of pixel p = i * W + j from the outputs at (i, j) with the
 key `jax.random.fold_in(key, p)`, and writes it in. The whole loop is one compiled program.
@@ -45,8 +48,6 @@ import numpy as np
 
 from pvpp import keys
 from pvpp.generation import cached_sampler, images as image_io
-from pvpp.model import likelihoods
-from pvpp.parallel import distributed
 from pvpp.generation.energy_distance import (  # noqa: F401  (re-exported: the figures' sorting is part of generation)
     energy_distance,
     energy_distance_matrix,
@@ -54,8 +55,9 @@ from pvpp.generation.energy_distance import (  # noqa: F401  (re-exported: the f
     pairwise_distances,
     sort_by_energy_distance,
 )
-from pvpp.model import ModelConfig, PixelVAEPP
+from pvpp.model import likelihoods, ModelConfig, PixelVAEPP
 from pvpp.model.likelihoods import make_likelihood
+from pvpp.parallel import distributed
 from pvpp.parallel.devices import device_sharding, replicate
 from pvpp.priors import make_prior
 from pvpp.settings import setting
@@ -201,8 +203,8 @@ def _check_decoder_output(out_shape: tuple[int, ...], shape: tuple[int, ...], li
 # the streams 'prior_latents', 'prior_decode', 'posterior_latents' and 'reconstruction_decode' of the root key.
 
 
-#: The decoders of `model_sampler`: incremental ('cached', `pvpp.generation.cached_sampler`) or the whole decoder once per
-#: pixel ('naive', the reference).
+#: The decoders of `model_sampler`: incremental ('cached', `pvpp.generation.cached_sampler`) or the whole
+#: decoder once per pixel ('naive', the reference).
 SAMPLERS = ("cached", "naive")
 
 
@@ -214,8 +216,9 @@ class SampleConfig:
     num_reconstructions: test images to reconstruct; decodes_per_image: decodes of each one's latent.
     num_gibbs_sweeps: block-Gibbs sweeps of each RBM chain before its state is used. batch_size: images decoded
     at once. split: where the reconstructed images come from. seed: root of every random stream (and of the
-    fixed binarization / choice of the test images, as in `pvpp.evaluation.evaluate`). upscale: PNG pixels per image pixel.
-    sampler: 'cached' (incremental, the default) or 'naive' (the whole decoder once per pixel), see `SAMPLERS`.
+    fixed binarization / choice of the test images, as in `pvpp.evaluation.evaluate`). upscale: PNG pixels per
+    image pixel. sampler: 'cached' (incremental, the default) or 'naive' (the whole decoder once per pixel),
+    see `SAMPLERS`.
     """
 
     num_latents: int = setting(8, "Prior latents (rows).")

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from pvpp.nn.resnet import concat_elu, GatedResNet
+from pvpp.nn.resnet import GatedResNet, concat_elu
 from pvpp.nn.shifted import (
     DownRightShiftedConv,
     DownRightShiftedConvTranspose,

@@ -30,10 +30,10 @@ from flax import linen as nn
 
 from pvpp import relax, settings
 from pvpp.model.likelihoods import LIKELIHOODS, make_likelihood
-from pvpp.model.pixelcnn import DownPath, NUM_STAGES, PixelCNNPP
+from pvpp.model.pixelcnn import NUM_STAGES, DownPath, PixelCNNPP
 from pvpp.nn.resnet import concat_elu
 from pvpp.nn.weightnorm import WNConv, WNConvTranspose, WNDense
-from pvpp.priors import make_prior, Prior, prior_type, PRIORS
+from pvpp.priors import PRIORS, Prior, make_prior, prior_type
 from pvpp.priors.rbm_prior import rbm_params
 from pvpp.validation import check_int
 

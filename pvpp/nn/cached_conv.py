@@ -1,10 +1,10 @@
 """Convolutions evaluated piece by piece on a cached input map: one output row, or one output position.
 
-For incremental generation (`pvpp.generation.cached_sampler`): a causal convolution keeps its whole input as a zero-padded
-map that fills in as pixels are generated, and computes its output only where asked. `CachedConv` describes
-where the input sits in that map (the layer's own padding; a transposed convolution stores its input dilated,
-with zeros between entries, and is then an ordinary stride-1 convolution with the flipped kernel) and how the
-convolution reads it: output (a, b) of a stride-s convolution is the VALID convolution of stored rows
+For incremental generation (`pvpp.generation.cached_sampler`): a causal convolution keeps its whole input as a
+zero-padded map that fills in as pixels are generated, and computes its output only where asked. `CachedConv`
+describes where the input sits in that map (the layer's own padding; a transposed convolution stores its input
+dilated, with zeros between entries, and is then an ordinary stride-1 convolution with the flipped kernel) and
+how the convolution reads it: output (a, b) of a stride-s convolution is the VALID convolution of stored rows
 [s a, s a + kh) and columns [s b, s b + kw). `Row(r)` and `At(r, c)` name where a value is read or written.
 """
 

@@ -1,9 +1,9 @@
 """Arrays across the devices of a run: which devices (`run_devices`), the pmap layout, replication, reading
 replicated scalars, and a thread that draws batches and copies them to the devices ahead of the step.
 
-With several processes the pmapped step runs over the devices of all processes (`pvpp.parallel.distributed`), while every
-array here is local: each process replicates the state on, and copies its part of each batch to, its own
-devices, and pmap joins them into one step."""
+With several processes the pmapped step runs over the devices of all processes (`pvpp.parallel.distributed`),
+while every array here is local: each process replicates the state on, and copies its part of each batch to,
+its own devices, and pmap joins them into one step."""
 
 from __future__ import annotations
 

@@ -17,9 +17,9 @@ At normal exit each process writes 'done' and waits, still watching, until every
 shutdown barrier run. A process that exits on an uncaught exception writes 'failed' instead, without waiting.
 
 JAX's coordination service also stops the survivors of a dead process, with a crash report of its own, after
-its heartbeat timeout: `pvpp.parallel.distributed.initialize` sets that to `backstop_timeout(timeout)`, twice pvpp's, when
-the watch can run, so pvpp's message comes first. When process 0 dies JAX's client is first: its report says
-that it lost the coordination service.
+its heartbeat timeout: `pvpp.parallel.distributed.initialize` sets that to `backstop_timeout(timeout)`, twice
+pvpp's, when the watch can run, so pvpp's message comes first. When process 0 dies JAX's client is first: its
+report says that it lost the coordination service.
 
 The key-value store is reached through `jax._src.distributed.global_state.client` (JAX has no public handle on
 it; orbax reaches it the same way). Where that is missing (`available()` is False), the watch is off and JAX's

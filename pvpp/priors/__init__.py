@@ -13,7 +13,7 @@
 from pvpp.priors import ais, bernoulli, gaussian, rbm
 from pvpp.priors.ais import AISConfig, AISResult
 from pvpp.priors.base import LogPartition, NegativePhaseConfig, Prior
-from pvpp.priors.build import make_prior, prior_type, PRIORS
+from pvpp.priors.build import PRIORS, make_prior, prior_type
 from pvpp.priors.posteriors import BernoulliPosterior, GaussianPosterior
 from pvpp.priors.rbm import ChainState, RBMParams
 

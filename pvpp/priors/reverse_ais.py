@@ -40,7 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from pvpp.priors import ais as _ais, rbm as _rbm
+from pvpp.priors import ais as _ais
+from pvpp.priors import rbm as _rbm
 from pvpp.relax import bernoulli_sample
 from pvpp.validation import check_choice, check_int
 

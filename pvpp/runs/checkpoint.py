@@ -9,9 +9,9 @@ is for code that owns the manager's lifetime and closes it: at interpreter exit 
 pools that orbax's background write needs before any public exit hook runs, so a save still in flight then
 cannot be finished. An exit hook (`atexit`) closes managers left open and reports such a save as an error
 naming the step; that step is then incomplete and is discarded by the next writable manager (the earlier steps
-are intact). A write goes to a temporary directory that orbax renames to `<directory>/<step>` only when complete, so a process
-killed mid-save leaves the previous checkpoints intact, and the half-written temporary directory is removed
-when the next writable manager opens.
+are intact). A write goes to a temporary directory that orbax renames to `<directory>/<step>` only when
+complete, so a process killed mid-save leaves the previous checkpoints intact, and the half-written temporary
+directory is removed when the next writable manager opens.
 
 Integrity. Every step (and every export) carries an integrity record written with it: a blake2b digest of each
 array's bytes, dtype and shape, by tree path (`pvpp.runs.integrity`). A restore recomputes the digests of what

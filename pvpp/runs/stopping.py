@@ -177,7 +177,7 @@ def _handlers(handlers) -> Iterator[None]:
 
 
 def _preemption_service_running() -> bool:
-    """Whether JAX's preemption sync manager runs (it has no public handle: reached as pvpp.parallel.liveness reaches JAX's
-    key-value store)."""
+    """Whether JAX's preemption sync manager runs (it has no public handle: reached as pvpp.parallel.liveness
+    reaches JAX's key-value store)."""
     state = getattr(liveness._jax_distributed, "global_state", None)
     return getattr(state, "preemption_sync_manager", None) is not None

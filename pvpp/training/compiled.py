@@ -16,9 +16,9 @@ import jax
 from pvpp.model import ModelConfig, PixelVAEPP
 from pvpp.parallel.devices import AXIS
 from pvpp.parallel.tracing import TraceCounter
-from pvpp.priors import AISConfig, make_prior, NegativePhaseConfig
+from pvpp.priors import AISConfig, NegativePhaseConfig, make_prior
 from pvpp.training.config import StepConfig, TrainConfig
-from pvpp.training.optim import make_optimizer, OptimConfig
+from pvpp.training.optim import OptimConfig, make_optimizer
 from pvpp.training.state import state_initializer
 from pvpp.training.step import eval_step, train_step
 

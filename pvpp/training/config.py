@@ -84,13 +84,14 @@ class TrainConfig:
     """Everything about a training run except the model and the data. Variants: `config.replace(...)`.
 
     batch_size: global (all devices), a multiple of the device count. num_steps or num_epochs: exactly one is
-    set. num_devices: None = all devices (of all processes, `pvpp.parallel.distributed`). optim: Adam, lr decay, EMA, KL warm-up (`optim.OptimConfig`).
-    negative_phase, num_chains, sweeps_per_step, negative_ais: the RBM's negative phase ('pcd': `num_chains`
-    persistent chains, `sweeps_per_step` block-Gibbs sweeps per step; 'ais': fresh `negative_ais` samples each
-    step), see `step_config`. log_z_ais: AIS for log Z at each evaluation. init_batch_size: images for the
-    data-dependent init (None: batch_size). eval_examples: the fixed evaluation subset (the first images of the
-    evaluation split). eval_batch_size: None means batch_size. eval_grids: images in each of the sample and
-    reconstruction grids written to TensorBoard at every evaluation (0: none; `pvpp.training.grids`).
+    set. num_devices: None = all devices (of all processes, `pvpp.parallel.distributed`). optim: Adam, lr
+    decay, EMA, KL warm-up (`optim.OptimConfig`). negative_phase, num_chains, sweeps_per_step, negative_ais:
+    the RBM's negative phase ('pcd': `num_chains` persistent chains, `sweeps_per_step` block-Gibbs sweeps per
+    step; 'ais': fresh `negative_ais` samples each step), see `step_config`. log_z_ais: AIS for log Z at each
+    evaluation. init_batch_size: images for the data-dependent init (None: batch_size). eval_examples: the
+    fixed evaluation subset (the first images of the evaluation split). eval_batch_size: None means
+    batch_size. eval_grids: images in each of the sample and reconstruction grids written to TensorBoard at
+    every evaluation (0: none; `pvpp.training.grids`).
     """
 
     batch_size: int = settings.setting(128, "global batch (all devices together)", minimum=1)

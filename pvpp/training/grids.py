@@ -16,7 +16,8 @@ import jax
 import numpy as np
 
 from pvpp import keys
-from pvpp.generation import images as image_io, sample
+from pvpp.generation import images as image_io
+from pvpp.generation import sample
 from pvpp.model import ModelConfig, to_model_space
 from pvpp.model.likelihoods import make_likelihood
 from pvpp.priors import make_prior

@@ -40,12 +40,6 @@ from absl import logging
 from pvpp import data
 from pvpp.model import ModelConfig, PixelVAEPP
 from pvpp.parallel import distributed
-from pvpp.runs import checkpoint, stopping, workdir as workdir_files
-from pvpp.runs.metrics import MetricsWriter, ProgressLogger
-from pvpp.training import grids, periodic_eval, resume, saving
-from pvpp.training.compiled import step_functions
-from pvpp.training.config import DataConfig, SettingError, TrainConfig
-from pvpp.training.optim import ema_params
 from pvpp.parallel.devices import (
     Prefetcher,
     device_sharding,
@@ -54,6 +48,12 @@ from pvpp.parallel.devices import (
     run_devices,
     unreplicate,
 )
+from pvpp.runs import checkpoint, stopping, workdir as workdir_files
+from pvpp.runs.metrics import MetricsWriter, ProgressLogger
+from pvpp.training import grids, periodic_eval, resume, saving
+from pvpp.training.compiled import step_functions
+from pvpp.training.config import DataConfig, SettingError, TrainConfig
+from pvpp.training.optim import ema_params
 from pvpp.training.state import TrainState
 from pvpp.validation import check_divisible
 

@@ -1,4 +1,5 @@
-"""The cheap evaluation during training (every `eval_every` steps; the full IWAE evaluation is `pvpp.evaluation.evaluate`).
+"""The cheap evaluation during training (every `eval_every` steps; the full IWAE evaluation is
+`pvpp.evaluation.evaluate`).
 
 On a fixed subset of the evaluation split, with fixed noise, for the current and the EMA parameters: log Z of an
 unnormalised prior by AIS ('log_partition', its interval and effective sample size; '_ema' for the EMA

@@ -18,10 +18,9 @@ from pvpp.runs import checkpoint
 from pvpp.runs.workdir import EMA_PARAMS_DIRNAME
 from pvpp.training.config import TrainConfig
 from pvpp.training.optim import ema_params
-from pvpp.training.state import state_initializer, TrainState
+from pvpp.training.state import TrainState, state_initializer
 
 _POSITION_KEYS = ("seed", "epoch", "batch_index")  # a data iterator's position (`BatchIterator.get_state`)
-
 
 
 def checkpoint_template(model_config: ModelConfig, train_config: TrainConfig, device: jax.Device) -> dict:

@@ -15,7 +15,7 @@ import optax
 from pvpp import keys
 from pvpp.model import ModelConfig, PixelVAEPP, to_model_space
 from pvpp.priors import NegativePhaseConfig
-from pvpp.training.optim import make_optimizer, OptimConfig
+from pvpp.training.optim import OptimConfig, make_optimizer
 
 
 @flax.struct.dataclass

@@ -23,12 +23,11 @@ import optax
 from jax import lax
 
 from pvpp import keys
-from pvpp.model import ModelOutput, objectives, PixelVAEPP, to_model_space
+from pvpp.model import ModelOutput, PixelVAEPP, objectives, to_model_space
 from pvpp.parallel.devices import AXIS
 from pvpp.training.config import StepConfig
 from pvpp.training.optim import kl_weight_schedule, learning_rate_schedule
 from pvpp.training.state import TrainState
-
 
 
 def train_step(

@@ -18,10 +18,10 @@ within SIZE_BUDGET_BYTES.
 
 import importlib
 
-from pvpp.zoo.access import export, get, Verified, verify
-from pvpp.zoo.catalog import card, Cards, list, where
+from pvpp.zoo.access import Verified, export, get, verify
+from pvpp.zoo.catalog import Cards, card, list, where
 from pvpp.zoo.errors import CardError, CorruptEntryError, EntryExistsError, UnknownEntryError, ZooError
-from pvpp.zoo.registry import Entry, PATH_VARIABLE, SHIPPED_DIR
+from pvpp.zoo.registry import PATH_VARIABLE, SHIPPED_DIR, Entry
 
 #: The most the shipped entries (everything under pvpp/zoo/models) may weigh together, bytes.
 SIZE_BUDGET_BYTES = 16 * 2**20

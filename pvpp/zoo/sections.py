@@ -105,8 +105,8 @@ def training_section(
 
 
 def result_section(summary: Mapping[str, Any], evaluation_file: str, command) -> dict[str, Any]:
-    """The headline from an evaluation summary (`pvpp.evaluation.evaluate.evaluate_split`); command: the evaluate command
-    line (a string or a list of arguments)."""
+    """The headline from an evaluation summary (`pvpp.evaluation.evaluate.evaluate_split`); command: the
+    evaluate command line (a string or a list of arguments)."""
     nats = summary["nats"]
     headline = summary["headline"]
     settings = dict(summary["settings"])
