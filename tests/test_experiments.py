@@ -143,6 +143,29 @@ def test_zoo_cpu_budget_runs_are_the_static_mnist_rbm_run_on_other_data(
     assert dataclasses.replace(data_config, name="binarized_mnist", variant=None, validation_size=None) == reference[2]
 
 
+
+def test_zoo_cifar10_budget_run_is_the_papers_model_made_smaller(tmp_path, monkeypatch):
+    """The zoo's CIFAR-10 RBM model keeps every choice of the paper's CIFAR-10 experiment but its sizes and its
+    budget: the likelihood, all three latent groups, the RBM and its negative phase, the relaxation, Adam; and it
+    watches a validation split held out of the training images, not the test split."""
+    monkeypatch.chdir(ROOT)
+    module = importlib.import_module("pvpp.experiments.cifar10")
+    configs = {}
+    for name in ("cifar10", "cifar10_cpu_budget_rbm"):
+        flag_values = parse(module, [f"--flagfile={ROOT / 'experiments' / (name + '.flags')}", f"--workdir={tmp_path}"])
+        configs[name] = common.configs_from_flags(flag_values, module.MODEL_DEFAULTS)[:3]
+    (paper_model, paper_train, _), (model, train, data) = configs["cifar10"], configs["cifar10_cpu_budget_rbm"]
+    sizes = ("nr_resnet", "nr_filters", "nr_logistic_mix", "num_concat_latents", "num_cond_latents",
+             "shared_latents_per_layer", "encoder_filters", "latent_map_channels", "rbm_num_left")
+    assert all(getattr(model, size) > 0 for size in sizes)
+    assert model.replace(**{size: getattr(paper_model, size) for size in sizes}) == paper_model
+    assert model.rbm_num_left == model.num_concat_latents + model.num_cond_latents  # the RBM between [z1, z2] and z3
+    assert train.negative_phase == paper_train.negative_phase == "pcd"
+    adam = ("learning_rate", "adam_b1", "adam_b2")
+    assert [getattr(train.optim, a) for a in adam] == [getattr(paper_train.optim, a) for a in adam]
+    assert (data.name, data.eval_split, data.validation_size) == ("cifar10", "validation", 2000)
+    assert train.num_steps * train.batch_size < paper_train.num_steps * paper_train.batch_size
+
 def test_mnist_dataset_flag_picks_static_or_dynamic(tmp_path):
     module = importlib.import_module("pvpp.experiments.mnist")
     for name in ("mnist", "binarized_mnist"):

@@ -108,6 +108,9 @@ def test_progress_line_names_the_rbm_kl_once_log_z_is_known():
     line = progress(1, {"loss": 80.0, "kl_minus_log_z": -90.0, "log_Z": 100.0})
     assert "loss 80 | relaxed KL 10 | log Z 100 nats" in line
     assert "relaxed KL - log Z -90 nats" in progress(2, {"loss": 80.0, "kl_minus_log_z": -90.0})
+    # A log Z of an earlier step: both names say which, since the sum is off by log Z's change since then.
+    line = progress(3, {"loss": 80.0, "kl_minus_log_z": -130.0, "log_Z": 120.0, "log_Z_step": 2000})
+    assert "relaxed KL (log Z of step 2000) -10 | log Z (step 2000) 120 nats" in line
 
 
 def test_progress_line_without_a_rate_has_no_eta():

@@ -127,6 +127,18 @@ def test_eight_devices_make_the_update_of_one_device_with_the_whole_batch(prior)
         assert any(jax.tree.leaves(changed["rbm" if prior == "rbm" else "bernoulli_prior"]))
 
 
+
+def test_progress_lines_say_which_steps_log_z_their_relaxed_kl_uses(tmp_path, caplog):
+    """The RBM's log Z is known only at the periodic evaluations (steps 3 and 6 here), and it changes as the RBM
+    trains: the progress lines of steps 4 and 6 (logged before that step's evaluation) name step 3's."""
+    with caplog.at_level(logging.INFO):
+        run(tmp_path)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    by_step = {line.split()[1].split("/")[0]: line for line in lines}
+    assert "relaxed KL - log Z" in by_step["2"] and "step 3" not in by_step["2"], lines  # no log Z yet
+    for step in ("4", "6"):
+        assert "relaxed KL (log Z of step 3)" in by_step[step] and "log Z (step 3)" in by_step[step], lines
+
 def test_the_train_step_is_traced_once_per_configuration(reference, tmp_path):
     """A recompilation check (as chex.assert_max_traces): two runs of one configuration in one process, 6 + 4
     steps with evaluations, trace the compiled train and evaluation steps once."""

@@ -225,7 +225,7 @@ def _train(
         prefetcher = Prefetcher(train_iter, mesh_sharding)
         progress = ProgressLogger(num_steps, train_config.batch_size, start_step=step)
         period = _MeanOfSteps()
-        log_z = None
+        log_z = log_z_step = None  # the last periodic evaluation's log Z (RBM) and its step
         pending = None  # (step, metrics, data position) of the last dispatched step, not yet checked
         stop_request = stack.enter_context(stopping.graceful_stop())  # SIGTERM / SIGINT: save this step, stop
         stop_now = False
@@ -276,11 +276,11 @@ def _train(
                 shown = {k: means[k] for k in ("loss", "reconstruction") if k in means}
                 shown.update({k: v for k, v in means.items() if k.startswith("kl")})
                 if log_z is not None:
-                    shown["log_Z"] = log_z
+                    shown.update(log_Z=log_z, log_Z_step=log_z_step)
                 progress(step, shown)
             if do_eval:
                 results = periodic_eval.evaluate(fns, state, step, eval_batches, model)
-                log_z = results.get("log_partition")
+                log_z, log_z_step = results.get("log_partition"), step
                 if primary:
                     writer.write(step, results)
                     logging.info("%s", _format(step, results))
