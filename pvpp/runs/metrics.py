@@ -338,8 +338,8 @@ def _named_for_people(scalars: Mapping[str, Any]) -> dict[str, Any]:
     unknown during the step) becomes 'relaxed KL' once the periodic evaluation has estimated log Z.
 
     'log_Z_step' (optional): the step whose parameters that log Z belongs to. The RBM's log Z changes as it
-    trains (it grew by ~25 nats per 2,000 steps in the Omniglot CPU-budget run), so a relaxed KL formed with the
-    log Z of an earlier step is off by that change, and can even be negative: both names then say the step.
+    trains, so a relaxed KL formed with the log Z of an earlier step is off by that change, and can even be
+    negative: both names then say the step.
     """
     values = dict(scalars)
     log_z_step = values.pop("log_Z_step", None)
