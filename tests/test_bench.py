@@ -12,7 +12,7 @@ import jax
 from pvpp.bench import suite
 
 MEASURED = {"wall_seconds", "cpu_seconds", "load_1min_before", "load_1min_after", "busy"}
-COMPUTE = ("decoder", "rbm", "evaluate", "sample")
+COMPUTE = ("decoder", "conv", "rbm", "evaluate", "sample")
 
 
 def test_the_quick_suite_gives_every_benchmark_its_machine_peak_and_measured_records(
@@ -39,6 +39,15 @@ def test_the_quick_suite_gives_every_benchmark_its_machine_peak_and_measured_rec
     for run in results["decoder"]["runs"]:
         _check_record(run["measurement"])
         assert run["flops_per_call"] > 0 and run["gflops"] > 0 and run["fraction_of_peak"] > 0
+        assert run["step_seconds_median_xla"] > 0 and run["speedup_over_xla"] > 0 and run["conv_forms"]
+    assert results["conv"]["layers"]
+    for key, layer in results["conv"]["layers"].items():  # every direction timed in every form that applies
+        _check_record(layer["measurement"])
+        forms = ("xla", "taps", "im2col", "scatter") if key.startswith("transposed") else ("xla", "taps", "im2col")
+        assert {d: sorted(by) for d, by in layer["seconds"].items()} == {
+            d: sorted(forms) for d in ("forward", "input_grad", "filter_grad")
+        }
+        assert all(layer["choice"][d] in forms for d in layer["seconds"])
     for row in results["rbm"]["gibbs"]:
         for key in ("jax_measurement", "numpy_measurement", "matmuls_only_measurement"):
             _check_record(row[key])
@@ -71,6 +80,7 @@ def test_the_quick_suite_gives_every_benchmark_its_machine_peak_and_measured_rec
         for run in worker["runs"]:
             _check_record(run["measurement"])
             assert run["gflops"] > 0 and run["fraction_of_peak"] > 0
+            assert run["step_seconds_xla"] > 0 and run["speedup_over_xla"] > 0 and run["conv_forms"]
 
     smoke = doc["smoke"]
     assert smoke["config"] == "mnist_tiny"

@@ -5,7 +5,9 @@
 Configurations: the paper's MNIST decoder (28x28x1, nr_resnet 3, 64 filters, downsampling, Bernoulli, batch 16)
 and a CIFAR-10-shaped one (32x32x3, nr_resnet 5, 128 filters, 10 logistic components, batch 8). One step is
 `jax.value_and_grad` of the mean negative log-likelihood (nats) with dropout on, compiled ahead of time (lowering
-+ compilation is the compile time), run once, then `--steps` calls are timed one by one (median and best).
++ compilation is the compile time), run once, then `--steps` calls are timed one by one (median and best). The
+step is compiled twice, with the convolution forms of `pvpp.nn.conv_forms` (its shipped table) and with XLA's
+convolution everywhere, and the two are timed interleaved (one call of each per round): `speedup_over_xla`.
 
 Next to each figure: the `measured` record of the timed steps (wall and process CPU seconds, 1-minute load before
 and after), the step's FLOPs from XLA's cost analysis and the achieved GFLOP/s as a fraction of the float32
@@ -25,6 +27,10 @@ from pvpp.bench.flops import achieved
 from pvpp.bench.peak import matmul_peak
 from pvpp.model import likelihoods
 from pvpp.model.pixelcnn import PixelCNNPP
+from pvpp.nn import conv_forms
+
+#: The convolution policies compared, interleaved: the shipped table's forms, and XLA's convolution everywhere.
+POLICIES = ("table", "xla")
 
 CONFIGS = {
     "mnist_paper": dict(shape=(16, 28, 28, 1), nr_resnet=3, nr_filters=64, nr_mix=None, downsample=True),
@@ -88,12 +94,25 @@ def _run(name: str, cfg: dict, steps: int, peak: dict) -> dict:
         return jax.value_and_grad(loss)(params)
 
     key = jax.random.key(1)
-    compiled, compile_seconds = timed(lambda: step.lower(params, x, key).compile())
-    _, first_seconds = timed(lambda: compiled(params, x, key))
-    times, record = measured(
-        lambda: [timed(lambda: compiled(params, x, jax.random.fold_in(key, i)))[1] for i in range(steps)]
-    )
-    median = float(np.median(times))
+    # The step compiled twice: with the convolution forms of pvpp.nn.conv_forms' table ('table') and with XLA's
+    # convolution everywhere ('xla'); then timed interleaved, one call of each per round.
+    compiled, compile_seconds, choices = {}, {}, {}
+    for policy in POLICIES:
+        with conv_forms.policy(policy), conv_forms.recording() as record:
+            compiled[policy], compile_seconds[policy] = timed(
+                lambda: jax.jit(lambda *a: step(*a)).lower(params, x, key).compile()
+            )
+        choices[policy] = conv_forms.metadata(record)["layers"]
+        _, first_seconds = timed(lambda: compiled[policy](params, x, key))
+    times = {policy: [] for policy in POLICIES}
+
+    def interleaved():
+        for i in range(steps):
+            for policy in POLICIES:
+                times[policy].append(timed(lambda: compiled[policy](params, x, jax.random.fold_in(key, i)))[1])
+
+    _, record = measured(interleaved)
+    median = {policy: float(np.median(times[policy])) for policy in POLICIES}
     run = {
         "name": name,
         "image_shape": list(shape[1:]),
@@ -102,12 +121,15 @@ def _run(name: str, cfg: dict, steps: int, peak: dict) -> dict:
         "nr_filters": cfg["nr_filters"],
         "likelihood": "bernoulli" if binary else f"logistic_mixture({cfg['nr_mix']})",
         "num_params": int(num_params),
-        "compile_seconds": compile_seconds,
-        "first_step_seconds": first_seconds,
-        "step_seconds_median": median,
-        "step_seconds_min": float(np.min(times)),
-        "images_per_second": shape[0] / median,
-        **achieved(compiled, median, peak),
+        "compile_seconds": compile_seconds["table"],
+        "compile_seconds_xla": compile_seconds["xla"],
+        "step_seconds_median": median["table"],
+        "step_seconds_min": float(np.min(times["table"])),
+        "step_seconds_median_xla": median["xla"],
+        "speedup_over_xla": median["xla"] / median["table"],
+        "images_per_second": shape[0] / median["table"],
+        **achieved(compiled["table"], median["table"], peak),
+        "conv_forms": choices["table"],
         "measurement": record,
     }
     gflops = (
@@ -117,7 +139,9 @@ def _run(name: str, cfg: dict, steps: int, peak: dict) -> dict:
     )
     log(
         f"{name}: {run['images_per_second']:.1f} images/s (fwd+bwd, batch {shape[0]}, median of {steps}; "
-        f"{gflops}), compile {compile_seconds:.1f} s, {num_params / 1e6:.2f} M params"
+        f"{gflops}), {run['speedup_over_xla']:.2f}x the step with XLA's convolution everywhere "
+        f"({1e3 * median['table']:.1f} vs {1e3 * median['xla']:.1f} ms, interleaved), compile "
+        f"{compile_seconds['table']:.1f} s, {num_params / 1e6:.2f} M params"
     )
     return run
 

@@ -23,13 +23,14 @@ import os
 
 import jax
 
-from pvpp.bench import data, decoder, evaluate, log_partition, rbm, sample, smoke, train
+from pvpp.bench import conv, data, decoder, evaluate, log_partition, rbm, sample, smoke, train
 from pvpp.bench.common import log, machine_info, measured, write_result
 
 #: name -> (main, arguments at the GPU settings, arguments with --quick).
 BENCHMARKS = {
     "data": (data.main, [], ["--quick"]),
     "decoder": (decoder.main, [], ["--quick"]),
+    "conv": (conv.main, ["--configs=mnist_paper,cifar10_paper"], ["--quick"]),
     "rbm": (rbm.main, [], ["--quick"]),
     "log_partition": (log_partition.main, ["--quick"], ["--quick"]),
     "evaluate": (evaluate.main, [], ["--quick"]),

@@ -9,7 +9,9 @@ global batch of the flag file is split over the devices. Data are random binary 
 data pipeline is not timed). Each device count runs in its own subprocess, because the number of CPU devices
 is fixed when jax starts (`jax_num_cpu_devices`). Per configuration: compile time (lowering + compilation of
 the step, ahead of time), one step, then `--steps` steps timed the way the training loop runs them (step N + 1
-dispatched before step N's metrics are read).
+dispatched before step N's metrics are read). The step is compiled twice, with the convolution forms of
+`pvpp.nn.conv_forms` (its shipped table) and with XLA's convolution everywhere, and `--rounds` blocks of
+`--steps` steps of each are timed interleaved: `speedup_over_xla` is the ratio of their median step times.
 
 Each worker measures, in its own process: the matmul peak (`pvpp.bench.peak`), and per configuration the
 `measured` record of the timed steps (wall and process CPU seconds, 1-minute load before and after), the step's
@@ -26,12 +28,20 @@ import subprocess
 import sys
 import time
 
+#: The convolution policies of `pvpp.nn.conv_forms` compared, interleaved: the shipped table's forms, XLA everywhere.
+POLICIES = ("table", "xla")
 #: name -> (entry-point module, flag file relative to the repository root, flags added after the file).
 CONFIGS = {
     "caltech101_cpu": ("pvpp.experiments.caltech101", "experiments/caltech101_cpu.flags", ()),
     "mnist_cpu": ("pvpp.experiments.mnist", "experiments/mnist_cpu.flags", ()),
     "cifar10_cpu": ("pvpp.experiments.cifar10", "experiments/cifar10_cpu.flags", ()),
     "mnist_paper": ("pvpp.experiments.mnist", "experiments/mnist_dynamic.flags", ()),
+    "cifar10_paper": ("pvpp.experiments.cifar10", "experiments/cifar10.flags", ()),
+    # The CPU-budget configurations of the zoo and the CPU-budget studies (RBM prior).
+    "mnist_static_cpu_budget": ("pvpp.experiments.mnist", "experiments/mnist_static_cpu_budget_rbm.flags", ()),
+    "caltech101_cpu_budget": ("pvpp.experiments.caltech101", "experiments/caltech101_cpu_budget_rbm.flags", ()),
+    "omniglot_cpu_budget": ("pvpp.experiments.omniglot", "experiments/omniglot_cpu_budget_rbm.flags", ()),
+    "cifar10_cpu_budget": ("pvpp.experiments.cifar10", "experiments/cifar10_cpu_budget_rbm.flags", ()),
     "mnist_tiny": (
         "pvpp.experiments.mnist",
         "experiments/mnist_cpu.flags",
@@ -64,18 +74,22 @@ def main(argv: list[str] | None = None) -> dict:
         default=None,
         help=f"comma-separated names of {sorted(CONFIGS)} (default {','.join(DEFAULT_CONFIGS)})",
     )
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="interleaved rounds of --steps steps per policy (default 3; quick 1)"
+    )
     parser.add_argument("--quick", action="store_true", help="mnist_tiny, 1 device, 2 steps: a smoke run")
     parser.add_argument("--worker_devices", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     devices = args.devices or ("1" if args.quick else "1,8")
     steps = args.steps or (2 if args.quick else 5)
+    rounds = args.rounds or (1 if args.quick else 3)
     configs = args.configs or ("mnist_tiny" if args.quick else ",".join(DEFAULT_CONFIGS))
     names = [name for name in configs.split(",") if name]
     unknown = [name for name in names if name not in CONFIGS]
     if unknown:
         parser.error(f"unknown configurations {unknown}; known: {sorted(CONFIGS)}")
     if args.worker_devices is not None:
-        worker = _worker(args.worker_devices, names, steps, args.quick)
+        worker = _worker(args.worker_devices, names, steps, rounds, args.quick)
         print(json.dumps(worker))
         return worker
 
@@ -93,6 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"--worker_devices={count}",
             f"--configs={','.join(names)}",
             f"--steps={steps}",
+            f"--rounds={rounds}",
         ] + (["--quick"] if args.quick else [])
         # On a GPU the calling process (e.g. pvpp.bench.suite) may already hold jax's preallocated 75% of the
         # memory: the worker allocates as it goes instead (unless the caller chose otherwise).
@@ -136,7 +151,7 @@ def flag_file_configs(name: str, num_devices: int):
     return model_config, train_config
 
 
-def _worker(num_devices: int, names: list[str], steps: int, quick: bool) -> dict:
+def _worker(num_devices: int, names: list[str], steps: int, rounds: int, quick: bool) -> dict:
     """Runs in a subprocess: set the CPU device count before jax starts, measure the matmul peak, then time each
     configuration. Returns {'num_devices', 'machine', 'peak', 'runs'}."""
     # Function-level imports on purpose: the device count must be set before any module that might start the
@@ -151,6 +166,7 @@ def _worker(num_devices: int, names: list[str], steps: int, quick: bool) -> dict
     from pvpp.bench.flops import achieved
     from pvpp.bench.peak import matmul_peak
     from pvpp.model import count_params
+    from pvpp.nn import conv_forms
 
     peak = matmul_peak(quick=quick)
     runs = []
@@ -158,36 +174,57 @@ def _worker(num_devices: int, names: list[str], steps: int, quick: bool) -> dict
         flag_file = CONFIGS[name][1]
         model_config, train_config = flag_file_configs(name, num_devices)
         devices = tuple(jax.local_devices()[:num_devices])
-        fns = train.step_functions(model_config, train_config, devices)
         sharding = train.device_sharding(devices)
         rng = np.random.default_rng(0)
         batch = train_config.batch_size
         images = (rng.uniform(size=(batch, *model_config.image_shape)) < 0.4).astype(np.uint8)
-        start = time.perf_counter()
-        state = jax.block_until_ready(fns.init(jax.random.key(0), images))
-        init_seconds = time.perf_counter() - start
-        state = train.replicate(state, sharding)
         device_batch = jax.device_put(
             images.reshape(num_devices, batch // num_devices, *images.shape[1:]), sharding
         )
+        # The step the loop runs, compiled once per convolution policy (the shipped table's forms; XLA everywhere),
+        # each with its own copy of one initial state (the step donates its state).
+        steps_of, states, compile_seconds, choices = {}, {}, {}, {}
+        for policy in POLICIES:
+            with conv_forms.policy(policy):
+                fns = train.step_functions(model_config, train_config, devices)
+                if policy == POLICIES[0]:
+                    start = time.perf_counter()
+                    initial = jax.block_until_ready(fns.init(jax.random.key(0), images))
+                    init_seconds = time.perf_counter() - start
+                states[policy] = train.replicate(jax.tree.map(lambda a: a.copy(), initial), sharding)
+                start = time.perf_counter()
+                with conv_forms.recording() as record:
+                    steps_of[policy] = fns.train.lower(states[policy], device_batch).compile()
+                compile_seconds[policy] = time.perf_counter() - start
+                choices[policy] = conv_forms.metadata(record)["layers"]
         start = time.perf_counter()
-        step = fns.train.lower(state, device_batch).compile()  # the step the loop runs, compiled once
-        compile_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        state, metrics = jax.block_until_ready(step(state, device_batch))
-        first_step_seconds = time.perf_counter() - start
+        for policy in POLICIES:
+            states[policy], _ = jax.block_until_ready(steps_of[policy](states[policy], device_batch))
+        first_step_seconds = (time.perf_counter() - start) / len(POLICIES)
 
-        def timed_steps(state):
+        def timed_steps(policy):
             previous = None
+            state = states[policy]
             for _ in range(steps):
-                state, metrics = step(state, device_batch)
+                state, metrics = steps_of[policy](state, device_batch)
                 if previous is not None:
                     jax.device_get(previous["loss"])  # as the loop: read step N after dispatching N + 1
                 previous = metrics
-            return state, metrics
+            states[policy] = jax.block_until_ready(state)
 
-        (state, _), record = measured(lambda: timed_steps(state))
-        seconds = record["wall_seconds"]
+        block_seconds = {policy: [] for policy in POLICIES}
+
+        def interleaved():
+            for _ in range(rounds):
+                for policy in POLICIES:
+                    start = time.perf_counter()
+                    timed_steps(policy)
+                    block_seconds[policy].append((time.perf_counter() - start) / steps)
+
+        _, record = measured(interleaved)
+        step_seconds = {policy: float(np.median(block_seconds[policy])) for policy in POLICIES}
+        step = steps_of["table"]
+        seconds = step_seconds["table"] * steps
         run = {
             "name": name,
             "flag_file": flag_file,
@@ -198,12 +235,17 @@ def _worker(num_devices: int, names: list[str], steps: int, quick: bool) -> dict
             "nr_filters": model_config.nr_filters,
             "downsample": model_config.downsample,
             "prior": model_config.prior,
-            "num_params": count_params(train.unreplicate(state.params)),
+            "num_params": count_params(train.unreplicate(states["table"].params)),
             "init_seconds": init_seconds,
-            "compile_seconds": compile_seconds,
+            "compile_seconds": compile_seconds["table"],
             "first_step_seconds": first_step_seconds,
             "steps": steps,
+            "rounds": rounds,
             "step_seconds": seconds / steps,
+            "step_seconds_xla": step_seconds["xla"],
+            "speedup_over_xla": step_seconds["xla"] / step_seconds["table"],
+            "compile_seconds_xla": compile_seconds["xla"],
+            "conv_forms": choices["table"],
             "images_per_second": batch * steps / seconds,
             **achieved(step, seconds / steps, peak, num_devices),
             "measurement": record,
@@ -215,7 +257,9 @@ def _worker(num_devices: int, names: list[str], steps: int, quick: bool) -> dict
         )
         log(
             f"{name} on {num_devices} device(s): {run['images_per_second']:.1f} images/s "
-            f"({run['step_seconds']:.3f} s/step, batch {batch}; {gflops}), compile {compile_seconds:.1f} s, "
+            f"({run['step_seconds']:.3f} s/step, batch {batch}; {gflops}), {run['speedup_over_xla']:.2f}x the step "
+            f"with XLA's convolution everywhere ({run['step_seconds_xla']:.3f} s/step, interleaved), compile "
+            f"{compile_seconds['table']:.1f} s, "
             f"init {init_seconds:.1f} s"
         )
         runs.append(run)

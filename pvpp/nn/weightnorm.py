@@ -1,5 +1,7 @@
 """Weight-normalised Dense / Conv / ConvTranspose with data-dependent initialisation.
 
+The convolutions run through `pvpp.nn.conv_forms.conv` (XLA's convolution or an equal form, per layer and direction).
+
 W = g * V / ||V|| with the norm taken per output channel (Salimans & Kingma 2016). During `Module.init` each layer
 computes its output with g = 1, b = 0 on the init batch, sets
 
@@ -20,6 +22,8 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+
+from pvpp.nn import conv_forms
 
 # The variance floor of the data-dependent init: a channel that is constant on the init batch gets a large but
 # finite scale instead of a division by zero (its centred output is exactly zero, so nothing blows up).
@@ -54,12 +58,9 @@ class WNConv(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.param("kernel", _KERNEL_INIT, (*self.kernel_size, x.shape[-1], self.features))
 
-        def conv(w):
-            return jax.lax.conv_general_dilated(
-                x, w, self.strides, self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
-            )
-
-        return weight_normed(self, kernel, conv, self.init_scale)
+        return weight_normed(
+            self, kernel, lambda w: conv_forms.conv(x, w, self.strides, self.padding), self.init_scale
+        )
 
 
 class WNConvTranspose(nn.Module):
@@ -95,19 +96,13 @@ def conv_transpose(
     x [B, H, W, C_in], kernel [kh, kw, C_in, C_out]. With the default padding ((kh-1, kh-1), (kw-1, kw-1)) the
     output is the full [B, (H-1)s+kh, (W-1)s+kw, C_out]; padding (lo, hi) instead keeps full-output rows
     kh-1-lo .. (H-1)s+kh-1+hi-(kh-1) (lower pads crop, larger pads add zeros).
-    Implemented as a stride-1 convolution of the s-dilated input with the spatially flipped kernel.
+    Implemented as a stride-1 convolution of the s-dilated input with the spatially flipped kernel (in the form
+    `pvpp.nn.conv_forms` chooses for it).
     """
     kh, kw = kernel.shape[:2]
     if padding is None:
         padding = ((kh - 1, kh - 1), (kw - 1, kw - 1))
-    return jax.lax.conv_general_dilated(
-        x,
-        kernel[::-1, ::-1],
-        window_strides=(1, 1),
-        padding=tuple(padding),
-        lhs_dilation=strides,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    )
+    return conv_forms.conv(x, kernel[::-1, ::-1], (1, 1), tuple(padding), lhs_dilation=strides)
 
 
 def weight_normed(

@@ -7,6 +7,8 @@
                                  resume checks passed and the state is restored, never before
     <workdir>/metrics.jsonl      one line per log period ("train/...") and per evaluation ("eval/...",
                                  "eval_ema/...", "log_partition..."), written by `pvpp.runs.metrics.MetricsWriter`
+    <workdir>/conv_forms.json    the form of each convolution layer and direction the train step was traced with
+                                 (`pvpp.nn.conv_forms.metadata`), written at the first step of each segment
     <workdir>/tensorboard/       the same scalars as TensorBoard event files (`tensorboard --logdir <workdir>`)
     <workdir>/checkpoints/<step> orbax checkpoints, the last `keep_checkpoints`
                                  (`pvpp.training.saving.checkpoint_template`):

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from pvpp import settings
 from pvpp.data.catalog import DATASET_NAMES, SPLITS
+from pvpp.nn import conv_forms as conv_forms_module
 from pvpp.priors import AISConfig, NegativePhaseConfig
 from pvpp.priors.base import NEGATIVE_PHASES
 from pvpp.training.optim import OptimConfig
@@ -91,7 +92,9 @@ class TrainConfig:
     evaluation. init_batch_size: images for the data-dependent init (None: batch_size). eval_examples: the
     fixed evaluation subset (the first images of the evaluation split). eval_batch_size: None means
     batch_size. eval_grids: images in each of the sample and reconstruction grids written to TensorBoard at
-    every evaluation (0: none; `pvpp.training.grids`).
+    every evaluation (0: none; `pvpp.training.grids`). conv_forms: the policy of `pvpp.nn.conv_forms` the step is
+    traced with (the forms compute XLA's values to float32 rounding); the run records the per-layer choices in
+    conv_forms.json.
     """
 
     batch_size: int = settings.setting(128, "global batch (all devices together)", minimum=1)
@@ -131,9 +134,15 @@ class TrainConfig:
     )
     checkpoint_every: int = settings.setting(2000, "steps between checkpoints", minimum=1)
     keep_checkpoints: int = settings.setting(3, "checkpoints kept", minimum=1)
+    conv_forms: str = settings.setting(
+        "table",
+        "convolution forms: per layer and direction the fastest equal form of pvpp.nn.conv_forms' shipped table "
+        "(table; XLA's convolution where it lists none), or XLA's convolution everywhere (xla)",
+        choices=conv_forms_module.POLICIES,
+    )
 
     #: On resume (`pvpp.settings`): FIXED what defines the run's data order, initial state and state shapes (the
-    #: global batch, the seed, the init batch, the RBM's persistent chains); CHANGEABLE the length, the optimizer,
+    #: global batch, the seed, the init batch, the RBM's persistent chains); CHANGEABLE the length, the optimizer, the conv forms,
     #: the negative phase's effort, evaluation and periods; RECORDED the requested device count (the count in
     #: use, config.json's "num_devices", is CHANGEABLE: it changes the reduction order).
     ON_RESUME: ClassVar[dict[str, str]] = {
@@ -156,6 +165,7 @@ class TrainConfig:
         "eval_grids": settings.CHANGEABLE,
         "checkpoint_every": settings.CHANGEABLE,
         "keep_checkpoints": settings.CHANGEABLE,
+        "conv_forms": settings.CHANGEABLE,
     }
 
     def __post_init__(self):

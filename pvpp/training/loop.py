@@ -39,6 +39,7 @@ from absl import logging
 
 from pvpp import data
 from pvpp.model import ModelConfig, PixelVAEPP
+from pvpp.nn import conv_forms
 from pvpp.parallel import distributed
 from pvpp.parallel.devices import (
     Prefetcher,
@@ -56,6 +57,10 @@ from pvpp.training.config import DataConfig, SettingError, TrainConfig
 from pvpp.training.optim import ema_params
 from pvpp.training.state import TrainState
 from pvpp.validation import check_divisible
+
+#: The convolution forms the train step was traced with (`pvpp.nn.conv_forms.metadata`), written at the first step
+#: of every segment.
+CONV_FORMS_FILENAME = "conv_forms.json"
 
 
 def train_and_evaluate(
@@ -139,7 +144,10 @@ def run_training(
     resumed = _Resume(recorded, changes, setting_names)
 
     # -- validation passed: from here on the workdir is written, by this process only (process 0 of several).
-    with workdir_files.lock(workdir) if distributed.is_primary() else contextlib.nullcontext():
+    # The step is traced with the run's convolution policy; the process's policy is restored afterwards.
+    with workdir_files.lock(workdir) if distributed.is_primary() else contextlib.nullcontext(), conv_forms.policy(
+        train_config.conv_forms
+    ):
         return _train(
             model_config,
             train_config,
@@ -252,11 +260,17 @@ def _train(
 
         while step < num_steps:
             images, position = next(prefetcher)
-            state, metrics = fns.train(state, images)
+            first = step == start_step
+            with conv_forms.recording() as traced_convs:  # the first step traces: which form each layer uses
+                state, metrics = fns.train(state, images)
             step += 1
-            if step == start_step + 1:  # the first step compiles: leave it out of the rates and the ETA
+            if first:  # the first step compiles: leave it out of the rates and the ETA
                 jax.block_until_ready(metrics)
                 progress = ProgressLogger(num_steps, train_config.batch_size, start_step=step)
+                if primary and traced_convs:
+                    workdir_files.write_json(
+                        os.path.join(workdir, CONV_FORMS_FILENAME), conv_forms.metadata(traced_convs)
+                    )
             manager.check_for_errors()  # a failed background checkpoint write stops the run now, not later
             if pending is not None:
                 check(pending)  # step N - 1's metrics, read while step N runs
