@@ -1,6 +1,7 @@
 """Weight-normalised Dense / Conv / ConvTranspose with data-dependent initialisation.
 
-The convolutions run through `pvpp.nn.conv_forms.conv` (XLA's convolution or an equal form, per layer and direction).
+The convolutions run through `pvpp.nn.conv_forms.conv` (XLA's convolution or an equal form, per layer and
+direction).
 
 W = g * V / ||V|| with the norm taken per output channel (Salimans & Kingma 2016). During `Module.init` each layer
 computes its output with g = 1, b = 0 on the init batch, sets

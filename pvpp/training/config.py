@@ -142,9 +142,9 @@ class TrainConfig:
     )
 
     #: On resume (`pvpp.settings`): FIXED what defines the run's data order, initial state and state shapes (the
-    #: global batch, the seed, the init batch, the RBM's persistent chains); CHANGEABLE the length, the optimizer, the conv forms,
-    #: the negative phase's effort, evaluation and periods; RECORDED the requested device count (the count in
-    #: use, config.json's "num_devices", is CHANGEABLE: it changes the reduction order).
+    #: global batch, the seed, the init batch, the RBM's persistent chains); CHANGEABLE the length, the optimizer,
+    #: the conv forms, the negative phase's effort, evaluation and periods; RECORDED the requested device count (the
+    #: count in use, config.json's "num_devices", is CHANGEABLE: it changes the reduction order).
     ON_RESUME: ClassVar[dict[str, str]] = {
         "batch_size": settings.FIXED,
         "seed": settings.FIXED,
