@@ -25,7 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pvpp.bench import train
 from pvpp.bench.common import log, machine_info, measured, write_result
+from pvpp.bench.peak import matmul_peak
+from pvpp.bench.train import flag_file_configs
+from pvpp.model import PixelVAEPP
 from pvpp.nn import conv_forms
 
 #: A form replaces XLA's convolution only when its median, measured alone, is at most MARGIN x XLA's. Inside the
@@ -41,8 +45,6 @@ DEVICES = {"mnist_paper": 8, "cifar10_paper": 8}
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from pvpp.bench import train  # the configurations' flag files
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default=None, help="JSON file to write (default: stdout)")
     parser.add_argument("--configs", default=None, help=f"comma-separated (default {','.join(DEFAULT_CONFIGS)})")
@@ -69,8 +71,6 @@ def main(argv: list[str] | None = None) -> dict:
             _write_table(args.write_table, result)
         write_result(result, args.output)
         return result
-    from pvpp.bench.peak import matmul_peak
-
     peak = matmul_peak(quick=args.quick)
     layers: dict[str, dict] = {}
     for name in names:
@@ -98,9 +98,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _geometries(name: str) -> dict[str, conv_forms.Geometry]:
     """{key: Geometry} of every convolution of configuration `name`'s model at its per-device batch."""
-    from pvpp.bench.train import flag_file_configs
-    from pvpp.model import PixelVAEPP
-
     num_devices = DEVICES.get(name, 1)
     model_config, train_config = flag_file_configs(name, 1)  # the global batch; a device's share below
     x = jax.ShapeDtypeStruct((train_config.batch_size // num_devices, *model_config.image_shape), jnp.float32)
