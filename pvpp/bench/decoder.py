@@ -96,14 +96,14 @@ def _run(name: str, cfg: dict, steps: int, peak: dict) -> dict:
     key = jax.random.key(1)
     # The step compiled twice: with the convolution forms of pvpp.nn.conv_forms' table ('table') and with XLA's
     # convolution everywhere ('xla'); then timed interleaved, one call of each per round.
-    compiled, compile_seconds, choices = {}, {}, {}
+    compiled, compile_seconds, first_seconds, choices = {}, {}, {}, {}
     for policy in POLICIES:
         with conv_forms.policy(policy), conv_forms.recording() as record:
             compiled[policy], compile_seconds[policy] = timed(
                 lambda: jax.jit(lambda *a: step(*a)).lower(params, x, key).compile()
             )
         choices[policy] = conv_forms.metadata(record)["layers"]
-        _, first_seconds = timed(lambda: compiled[policy](params, x, key))
+        _, first_seconds[policy] = timed(lambda: compiled[policy](params, x, key))
     times = {policy: [] for policy in POLICIES}
 
     def interleaved():
@@ -123,6 +123,7 @@ def _run(name: str, cfg: dict, steps: int, peak: dict) -> dict:
         "num_params": int(num_params),
         "compile_seconds": compile_seconds["table"],
         "compile_seconds_xla": compile_seconds["xla"],
+        "first_step_seconds": first_seconds["table"],
         "step_seconds_median": median["table"],
         "step_seconds_min": float(np.min(times["table"])),
         "step_seconds_median_xla": median["xla"],

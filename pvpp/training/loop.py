@@ -261,7 +261,8 @@ def _train(
         while step < num_steps:
             images, position = next(prefetcher)
             first = step == start_step
-            with conv_forms.recording() as traced_convs:  # the first step traces: which form each layer uses
+            # The first step traces the step: record which form each convolution uses (only then).
+            with conv_forms.recording() if first else contextlib.nullcontext() as traced_convs:
                 state, metrics = fns.train(state, images)
             step += 1
             if first:  # the first step compiles: leave it out of the rates and the ETA
