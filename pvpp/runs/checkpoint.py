@@ -105,6 +105,13 @@ class CheckpointManager:
             options=options,
             handler_registry=_step_handlers(),
         )
+        if not read_only:
+            # orbax removes a killed save's temporary directory in a background thread that only its next `save`
+            # waits for: wait here, so that a writer that restores and closes without saving has removed it too.
+            # (Older orbax releases clean up synchronously and have no such method.)
+            wait_for_cleanup = getattr(self._manager, "_maybe_await_cleanup_tmp_directory", None)
+            if wait_for_cleanup is not None:
+                wait_for_cleanup()
         self._unreadable_steps: set[int] = set()
         self._step_in_flight: int | None = None
         self._closed = False
