@@ -43,7 +43,7 @@ def _arrays(geometry, seed=0):
     rng = np.random.default_rng(seed)
     x = jnp.asarray(rng.normal(size=geometry.input_shape), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=geometry.kernel_shape), jnp.float32)
-    out_shape = jax.eval_shape(lambda a, b: conv_forms._xla(a, b, geometry), x, kernel).shape
+    out_shape = jax.eval_shape(lambda a, b: conv_forms.forward("xla", a, b, geometry), x, kernel).shape
     return x, kernel, jnp.asarray(rng.normal(size=out_shape), jnp.float32)
 
 
@@ -57,11 +57,11 @@ def _close(got, want, what):
 def test_every_form_and_direction_equals_xla(name):
     geometry = conv_forms.geometry_of(*GEOMETRIES[name])
     x, kernel, dout = _arrays(geometry)
-    want_out, vjp = jax.vjp(lambda a, b: conv_forms._xla(a, b, geometry), x, kernel)
+    want_out, vjp = jax.vjp(lambda a, b: conv_forms.forward("xla", a, b, geometry), x, kernel)
     want_dx, want_dk = vjp(dout)
     for form in geometry.applicable():
         # Each form's forward and its transposes (the gradient directions the custom_vjp uses).
-        got_out, vjp = jax.jit(lambda a, b: jax.vjp(lambda a_, b_: conv_forms._FORWARD[form](a_, b_, geometry),
+        got_out, vjp = jax.jit(lambda a, b: jax.vjp(lambda a_, b_: conv_forms.forward(form, a_, b_, geometry),
                                                     a, b))(x, kernel)[0:2]
         got_dx, got_dk = vjp(dout)
         _close(got_out, want_out, f"{name}, {form}: output")

@@ -150,12 +150,11 @@ def _choice(seconds: dict, margin: float) -> dict:
 
 def _direction(direction, form, geometry, x, kernel, dout):
     """(function, arguments) computing one direction of one form."""
-    forward = conv_forms._FORWARD[form]
     if direction == "forward":
-        return (lambda a, b: forward(a, b, geometry)), (x, kernel)
+        return (lambda a, b: conv_forms.forward(form, a, b, geometry)), (x, kernel)
     if direction == "input_grad":
-        return (lambda b, g: jax.vjp(lambda a: forward(a, b, geometry), x)[1](g)[0]), (kernel, dout)
-    return (lambda a, g: jax.vjp(lambda b: forward(a, b, geometry), kernel)[1](g)[0]), (x, dout)
+        return (lambda b, g: conv_forms.input_grad(form, x, b, g, geometry)), (kernel, dout)
+    return (lambda a, g: conv_forms.filter_grad(form, a, kernel, g, geometry)), (x, dout)
 
 
 def _summary(layer: dict) -> str:

@@ -211,18 +211,36 @@ def _record(geometry: Geometry, choice: Choice) -> None:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv_in_forms(x: jax.Array, kernel: jax.Array, geometry: Geometry, choice: Choice) -> jax.Array:
-    return _FORWARD[choice.forward](x, kernel, geometry)
+    return forward(choice.forward, x, kernel, geometry)
 
 
 def _conv_fwd(x, kernel, geometry, choice):
-    return _FORWARD[choice.forward](x, kernel, geometry), (x, kernel)
+    return forward(choice.forward, x, kernel, geometry), (x, kernel)
 
 
 def _conv_bwd(geometry, choice, residuals, dout):
     x, kernel = residuals
-    _, input_transpose = jax.vjp(lambda x_: _FORWARD[choice.input_grad](x_, kernel, geometry), x)
-    _, filter_transpose = jax.vjp(lambda k_: _FORWARD[choice.filter_grad](x, k_, geometry), kernel)
-    return input_transpose(dout)[0], filter_transpose(dout)[0]
+    return (
+        input_grad(choice.input_grad, x, kernel, dout, geometry),
+        filter_grad(choice.filter_grad, x, kernel, dout, geometry),
+    )
+
+
+def forward(form: str, x: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Array:
+    """The forward map [B, H, W, C_in] -> [B, Ho, Wo, C_out] in `form`."""
+    return _FORWARD[form](x, kernel, geometry)
+
+
+def input_grad(form: str, x: jax.Array, kernel: jax.Array, dout: jax.Array, geometry: Geometry) -> jax.Array:
+    """The input gradient [B, H, W, C_in] of `form`: its forward map's transpose applied to dout [B, Ho, Wo, C_out]."""
+    _, transpose = jax.vjp(lambda x_: forward(form, x_, kernel, geometry), x)
+    return transpose(dout)[0]
+
+
+def filter_grad(form: str, x: jax.Array, kernel: jax.Array, dout: jax.Array, geometry: Geometry) -> jax.Array:
+    """The filter gradient [kh, kw, C_in, C_out] of `form` for dout [B, Ho, Wo, C_out]."""
+    _, transpose = jax.vjp(lambda k_: forward(form, x, k_, geometry), kernel)
+    return transpose(dout)[0]
 
 
 _conv_in_forms.defvjp(_conv_fwd, _conv_bwd)
