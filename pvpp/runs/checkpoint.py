@@ -5,11 +5,10 @@ state may hold jax arrays (including typed PRNG keys from `jax.random.key`), num
 scalars (e.g. a data iterator's position). `save` is synchronous by default. With `async_save=True` (training
 does this) it returns once the arrays are copied to host memory and the files are written in the background;
 `wait_until_finished`, `restore_latest` and `close` (run by the `with` block) wait for them. Asynchronous saving
-is for code that owns the manager's lifetime and closes it: at interpreter exit Python shuts down the thread
-pools that orbax's background write needs before any public exit hook runs, so a save still in flight then
-cannot be finished. An exit hook (`atexit`) closes managers left open and reports such a save as an error
-naming the step; that step is then incomplete and is discarded by the next writable manager (the earlier steps
-are intact). A write goes to a temporary directory that orbax renames to `<directory>/<step>` only when
+is for code that owns the manager's lifetime and closes it; a manager left open is closed by an exit hook that
+runs before Python stops the thread pools orbax's background write needs, so a save in flight is finished (were
+it to fail, the error names the step, which the next writable manager discards; the earlier steps are intact).
+A write goes to a temporary directory that orbax renames to `<directory>/<step>` only when
 complete, so a process killed mid-save leaves the previous checkpoints intact, and the half-written temporary
 directory is removed when the next writable manager opens.
 
@@ -36,6 +35,7 @@ import atexit
 import contextlib
 import json
 import os
+import threading
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -100,22 +100,15 @@ class CheckpointManager:
             read_only=read_only,
             create=not read_only,
         )
-        self._manager = ocp.CheckpointManager(
-            self._directory,
-            options=options,
-            handler_registry=_step_handlers(),
-        )
-        if not read_only:
-            # orbax removes a killed save's temporary directory in a background thread that only its next `save`
-            # waits for: wait here, so that a writer that restores and closes without saving has removed it too.
-            # (Older orbax releases clean up synchronously and have no such method.)
-            wait_for_cleanup = getattr(self._manager, "_maybe_await_cleanup_tmp_directory", None)
-            if wait_for_cleanup is not None:
-                wait_for_cleanup()
+        handlers = _step_handlers()
+        self._manager = ocp.CheckpointManager(self._directory, options=options, handler_registry=handlers)
+        if not read_only:  # orbax removes a killed save's temp directory in a thread that only `save` awaits:
+            # wait, so a restore-and-close removes it too (older orbax: synchronous, no such method)
+            getattr(self._manager, "_maybe_await_cleanup_tmp_directory", lambda: None)()
         self._unreadable_steps: set[int] = set()
         self._step_in_flight: int | None = None
         self._closed = False
-        _register_open_manager(self)
+        _OPEN_MANAGERS.add(self)
 
     @property
     def directory(self) -> epath.Path:
@@ -398,14 +391,9 @@ def _read_export(path: epath.Path, template: PyTree | None, has_record: bool) ->
 _OPEN_MANAGERS: weakref.WeakSet[CheckpointManager] = weakref.WeakSet()
 
 
-def _register_open_manager(manager: CheckpointManager) -> None:
-    _OPEN_MANAGERS.add(manager)
-
-
-@atexit.register
 def _close_open_managers() -> None:
-    """Closes the managers a program left open. A save still in flight at this point may fail (the thread pools
-    are shut down before `atexit` runs): the error names the step, which the next writable manager discards."""
+    """Closes the managers a program left open, finishing a save in flight (run before Python stops its thread
+    pools; where it cannot be, a failed save names its step, which the next writable manager discards)."""
     for manager in list(_OPEN_MANAGERS):
         in_flight = manager._step_in_flight
         try:
@@ -418,6 +406,11 @@ def _close_open_managers() -> None:
                 "" if in_flight is None else f", and the save of step {in_flight} could not be finished",
                 describe(err),
             )
+
+
+# Python runs threading's exit hooks, newest first, before it stops the thread pools (concurrent.futures registers
+# its own when imported, above): registered there, the hook can still finish a save. Else `atexit` (too late).
+getattr(threading, "_register_atexit", atexit.register)(_close_open_managers)
 
 
 def _step_handlers() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
