@@ -166,6 +166,7 @@ class _table_choosing_every_form:
         jax.clear_caches()
 
 
+@pytest.mark.slow  # two short trainings
 def test_a_training_run_records_its_forms_and_matches_xla(tmp_path):
     """Three steps of the tiny training run with the forms and with XLA's convolution everywhere: the same losses
     to float32 rounding; each run's conv_forms.json names its policy and every layer's choice."""

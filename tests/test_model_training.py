@@ -100,6 +100,7 @@ def _held_out(model, variables, data_dir, num_samples):
     return fn(variables, x, jax.random.key(9))
 
 
+@pytest.mark.slow  # four trainings of a few hundred steps
 @pytest.mark.parametrize("prior", ["rbm", "gaussian", "bernoulli", "none"])
 def test_loss_falls_and_latents_are_used(prior, data_dir):
     model, variables, history = _train(prior, str(data_dir))

@@ -84,6 +84,7 @@ def test_every_setting_has_a_kind_and_every_training_flag_names_its_setting():
 # Changed settings on resume
 
 
+@pytest.mark.slow  # three training segments
 def test_a_changed_learning_rate_is_refused_without_the_flag_untouched_and_recorded_with_it(tmp_path):
     workdir = tmp_path / "run"
     run(workdir, num_steps=4)  # checkpoints 2 and 4
