@@ -119,6 +119,9 @@ def test_loss_falls_and_latents_are_used(prior, data_dir):
         assert kl > 1.0, f"posterior collapse: KL = {kl:.3f} nats"
 
 
+# The RBM training it shares with test_loss_falls_and_latents_are_used; the quick tier checks the same estimator
+# against the enumerated exact likelihood of a tiny model (test_evaluate.py).
+@pytest.mark.slow
 def test_iwae_bound_rises_with_k_above_the_elbo(data_dir):
     model, variables, _ = _train("rbm", str(data_dir))
     result = _held_out(model, variables, data_dir, num_samples=100)
