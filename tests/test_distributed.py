@@ -29,7 +29,7 @@ import pytest
 
 from pvpp.data import BatchIterator
 from pvpp.model import ModelConfig
-from pvpp.parallel import distributed
+from pvpp.parallel import distributed, liveness
 from pvpp.runs import checkpoint, metrics, stopping, workdir as workdir_files
 from pvpp.training import saving
 from pvpp.training.config import TrainConfig
@@ -37,9 +37,12 @@ from pvpp.training.config import TrainConfig
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Seconds: how soon the survivor of a kill must stop (JAX's own heartbeats get twice as long). Not shorter: while
 # both processes trace and compile on two cores that the suite's other worker also uses, heartbeats can be late by
-# tens of seconds: a 5 s timeout once stopped a healthy run before its first checkpoint, and with 20 s (JAX's 40 s)
-# JAX's coordination service once declared both healthy processes of the SIGTERM test dead during their first
-# compilation (clean-clone CI of 3df4c5e, the other worker busy).
+# tens of seconds: a 5 s timeout once stopped a healthy run before its first checkpoint. With 20 s (JAX's 40 s then)
+# JAX's coordination service once declared both healthy processes of the SIGTERM test dead at the same instant
+# (clean-clone CI of 3df4c5e), 3 s after the kernel logged a snapshot of this virtual machine ("crng reseeded due
+# to virtual machine fork"): a pause of the whole machine looks to JAX's check (wall clock, no guard) like the
+# silence of every process. Its timeout now has a floor of 600 s (`liveness.BACKSTOP_FLOOR`), and pvpp's own
+# watch does not count a pause of its own as the others' silence.
 HEARTBEAT = 60
 NUM_STEPS = 6
 TRAIN_FLAGS = [
@@ -375,3 +378,29 @@ def test_distributed_config_validates_and_is_off_by_default():
     assert distributed.is_primary() and not distributed.is_multiprocess()
     tree = {"a": jax.numpy.ones(3)}
     assert distributed.to_replicated(tree) is tree and distributed.from_replicated(tree) is tree
+
+
+def test_the_watch_does_not_blame_the_others_for_a_pause_of_its_own(monkeypatch):
+    """A check that comes more than half the timeout after the previous one (this process or the machine was
+    paused or starved: a VM snapshot, say) restarts the others' clocks; a silence the watch saw still stops the
+    run after the timeout."""
+    stops = []
+    watch = liveness.Watch(client=None, process=0, count=2, timeout=60, shutdown_timeout=1, period=1)
+    monkeypatch.setattr(watch, "_stop_run", stops.append)
+    entries = [("pvpp/alive/0", "5"), ("pvpp/alive/1", "7")]  # process 1's counter never moves from here on
+    watch._check(entries, 1000.0)
+    watch._check(entries, 1001.0)
+    watch._check(entries, 1100.0)  # 99 s after the last check: the watch itself was paused
+    for now in range(1101, 1160):
+        watch._check(entries, float(now))
+    assert stops == []  # 59 s of silence seen since the pause
+    watch._check(entries, 1161.0)
+    assert stops == ["process 1 has not answered for 60 s (killed, crashed or frozen)"]
+
+
+def test_jax_heartbeat_check_is_a_backstop_that_survives_a_pause_of_the_machine():
+    """jaxlib 0.10 ages heartbeats, sent every half of its timeout, with the wall clock: its timeout is twice
+    pvpp's and at least BACKSTOP_FLOOR, so a pause of up to half of that does not end a healthy run."""
+    assert liveness.available()
+    assert liveness.backstop_timeout(60) == liveness.BACKSTOP_FLOOR >= 600
+    assert liveness.backstop_timeout(400) == 800

@@ -20,8 +20,9 @@ step's devices), so that no first collective after a long compilation waits on g
 
 Failure. `pvpp.parallel.liveness` watches the processes through the coordination service's key-value store: when one
 dies, freezes or stops on an error, the others stop within `heartbeat_timeout` (at once for an error) with a
-message naming it. JAX's coordination service is the backstop, with twice that timeout. A process that stops
-on an error of its own says so and exits without the shutdown barrier (`pvpp.experiments.errors`).
+message naming it. JAX's coordination service is the backstop, with twice that timeout and at least 10 minutes
+(its wall-clock check would otherwise end a healthy run when the machine is paused, `pvpp.parallel.liveness`). A
+process that stops on an error of its own says so and exits without the shutdown barrier (`pvpp.experiments.errors`).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ class DistributedConfig:
     coordinator_address: "HOST:PORT" of process 0's coordination service. num_processes, process_id: the
     number of processes and this one's index in 0..N-1. auto: let jax detect what is unset from the cluster
     environment (SLURM, Open MPI, TPU). heartbeat_timeout: seconds without a heartbeat after which a process
-    counts as dead and the others are stopped (`pvpp.parallel.liveness`; JAX's own heartbeats get twice as long).
+    counts as dead and the others are stopped (`pvpp.parallel.liveness`; JAX's own heartbeat check waits
+    twice as long, at least `liveness.BACKSTOP_FLOOR` s).
     initialization_timeout: seconds to wait for every process to connect. shutdown_timeout: seconds JAX's exit
     barrier waits for every process. Not `enabled` (nothing set): a single-process run, `initialize` does nothing.
     """

@@ -18,8 +18,15 @@ shutdown barrier run. A process that exits on an uncaught exception writes 'fail
 
 JAX's coordination service also stops the survivors of a dead process, with a crash report of its own, after
 its heartbeat timeout: `pvpp.parallel.distributed.initialize` sets that to `backstop_timeout(timeout)`, twice
-pvpp's, when the watch can run, so pvpp's message comes first. When process 0 dies JAX's client is first: its
-report says that it lost the coordination service.
+pvpp's and at least `BACKSTOP_FLOOR`, when the watch can run, so pvpp's message comes first. When process 0 dies
+JAX's client is first: its report says that it lost the coordination service.
+
+Pauses. JAX's agents (jaxlib 0.10) send a heartbeat every half of that timeout, and its service ages them with the
+wall clock and no guard of its own. When the whole machine stops and goes on (a virtual machine paused for a
+snapshot or a live migration; a step of the wall clock does the same), every process looks silent for the length
+of the pause, all at once, and JAX ends a healthy run when the pause exceeds half its timeout: hence the floor. pvpp's watch measures time with the monotonic clock, and when its own thread has not run
+for half the timeout (this process or the machine was paused or starved) it restarts the others' clocks instead of
+blaming them for a silence it could not observe.
 
 The key-value store is reached through `jax._src.distributed.global_state.client` (JAX has no public handle on
 it; orbax reaches it the same way). Where that is missing (`available()` is False), the watch is off and JAX's
@@ -53,9 +60,15 @@ def available() -> bool:
     return hasattr(_jax_distributed, "global_state")
 
 
+#: Seconds: the least heartbeat timeout given to JAX's coordination service while pvpp's watch runs, so that a
+#: pause of the machine (up to half of it) does not end a run (see "Pauses" above).
+BACKSTOP_FLOOR = 600
+
+
 def backstop_timeout(timeout: int) -> int:
-    """The heartbeat timeout (s) to give JAX's coordination service when pvpp watches with `timeout`."""
-    return 2 * timeout if available() else timeout
+    """The heartbeat timeout (s) to give JAX's coordination service when pvpp watches with `timeout`: JAX's
+    check is then a backstop, for a process whose watch thread itself died."""
+    return max(2 * timeout, BACKSTOP_FLOOR) if available() else timeout
 
 
 def start(timeout: float, shutdown_timeout: float, period: float | None = None) -> "Watch | None":
@@ -130,6 +143,7 @@ class Watch:
         self._others = [p for p in range(count) if p != process]
         self._last_change = {p: time.monotonic() for p in self._others}
         self._last_value: dict[int, str | None] = {}
+        self._last_check: float | None = None
         self._thread = threading.Thread(target=self._run, name="pvpp-liveness", daemon=True)
 
     def start(self) -> None:
@@ -195,6 +209,15 @@ class Watch:
                 logging.warning("pvpp's process watch skipped a check: %s: %s", type(err).__name__, err)
 
     def _check(self, entries, now: float) -> None:
+        """Reads the others' entries (key, value pairs of the store) as seen at `now` (time.monotonic)."""
+        if self._last_check is not None and now - self._last_check > self.timeout / 2:
+            logging.warning(
+                "pvpp's process watch did not run for %.0f s (this process or the machine was paused or starved): "
+                "the others' silence is counted from now",
+                now - self._last_check,
+            )
+            self._last_change = {p: now for p in self._others}
+        self._last_check = now
         values = {}
         for key, value in entries:
             name = key.rsplit("/", 1)[-1]
