@@ -35,7 +35,7 @@ from pvpp.training import saving
 from pvpp.training.config import TrainConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Seconds: how soon the survivor of a kill must stop (JAX's own heartbeats get twice as long). Not shorter: while
+# Seconds: how soon the survivor of a kill must stop (JAX's own check: liveness.backstop_timeout). Not shorter: while
 # both processes trace and compile on two cores that the suite's other worker also uses, heartbeats can be late by
 # tens of seconds: a 5 s timeout once stopped a healthy run before its first checkpoint. With 20 s (JAX's 40 s then)
 # JAX's coordination service once declared both healthy processes of the SIGTERM test dead at the same instant

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from pvpp.parallel import distributed
+from pvpp.parallel import distributed, liveness
 
 _DEFAULTS = distributed.DistributedConfig()
 
@@ -36,7 +36,7 @@ def define_flags(flag_values: flags.FlagValues) -> None:
         "heartbeat_timeout",
         _DEFAULTS.heartbeat_timeout,
         "seconds after which a silent process counts as dead and the others stop (pvpp's watch; JAX's own "
-        "heartbeat check waits twice as long, at least 600 s)",
+        f"heartbeat check waits twice as long, at least {liveness.BACKSTOP_FLOOR} s)",
         **fv,
     )
     flags.DEFINE_integer(

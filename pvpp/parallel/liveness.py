@@ -24,9 +24,10 @@ JAX's client is first: its report says that it lost the coordination service.
 Pauses. JAX's agents (jaxlib 0.10) send a heartbeat every half of that timeout, and its service ages them with the
 wall clock and no guard of its own. When the whole machine stops and goes on (a virtual machine paused for a
 snapshot or a live migration; a step of the wall clock does the same), every process looks silent for the length
-of the pause, all at once, and JAX ends a healthy run when the pause exceeds half its timeout: hence the floor. pvpp's watch measures time with the monotonic clock, and when its own thread has not run
-for half the timeout (this process or the machine was paused or starved) it restarts the others' clocks instead of
-blaming them for a silence it could not observe.
+of the pause, all at once, and JAX ends a healthy run when the pause exceeds half its timeout: hence the floor.
+pvpp's watch measures time with the monotonic clock, and when its own thread has not run for half the timeout
+(this process or the machine was paused or starved) it restarts the others' clocks instead of blaming them for a
+silence it could not observe.
 
 The key-value store is reached through `jax._src.distributed.global_state.client` (JAX has no public handle on
 it; orbax reaches it the same way). Where that is missing (`available()` is False), the watch is off and JAX's
