@@ -48,6 +48,10 @@ def test_train_config_rejects_bad_values():
         train.TrainConfig(num_steps=None)
     with pytest.raises(ValueError, match=r"batch_size=10 is not divisible by the 4 devices \(num_devices\)"):
         train.TrainConfig(batch_size=10, num_devices=4)
+    with pytest.raises(ValueError, match=r"device batch \(batch_size / num_devices\)=4 is not divisible by the 3 "):
+        train.TrainConfig(batch_size=8, num_devices=2, micro_batches=3)
+    with pytest.raises(ValueError, match="micro_batches"):
+        train.TrainConfig(micro_batches=0)
     with pytest.raises(ValueError, match="negative_phase"):
         train.TrainConfig(negative_phase="cd")
     with pytest.raises(ValueError, match="num_betas"):
@@ -63,6 +67,7 @@ def test_train_config_rejects_bad_values():
         (dict(num_devices=None, batch_size=12), {}, "batch_size=12 is not divisible by the 8 devices"),
         ({}, dict(images=np.zeros((64, 28, 28, 1), np.uint8)), r"images are \(28, 28, 1\)"),
         (dict(batch_size=128, num_devices=None), {}, "exceeds the 64 training images"),
+        (dict(num_devices=None, batch_size=16, micro_batches=4), {}, r"micro-batches \(train_config.micro_batches\)"),
     ],
 )
 def test_run_training_validates_before_writing(tmp_path, changes, data_changes, match):
@@ -85,6 +90,45 @@ def test_workdir_of_another_model_is_refused_untouched(reference, tmp_path):
 
 # ----------------------------------------------------------------------------------------------------------
 # The step on 1 and 8 devices
+
+
+def test_micro_batches_in_use_default_by_platform_and_decoder_size():
+    """None: 4 micro-batches for a decoder of 64+ filters on a CPU (halved until they divide the device batch and
+    keep 4 images), 1 for smaller decoders and on accelerators; a value given is used as it is."""
+    auto = train.TrainConfig(batch_size=128)
+    assert auto.micro_batches_in_use(64, 1, "cpu") == 4
+    assert auto.micro_batches_in_use(128, 16, "cpu") == 2  # 8 images per device
+    assert auto.micro_batches_in_use(128, 32, "cpu") == 1  # 4 images per device
+    assert auto.micro_batches_in_use(32, 1, "cpu") == 1
+    assert auto.micro_batches_in_use(64, 1, "gpu") == 1
+    assert train.TrainConfig(batch_size=128, micro_batches=2).micro_batches_in_use(8, 1, "gpu") == 2
+
+
+def test_micro_batches_make_the_update_of_as_many_devices_dropout_included():
+    """1 device x 4 micro-batches == 4 devices x 1 == 2 devices x 2, with dropout ON: the dropout key of a
+    micro-batch is folded with its index in the global batch, the latent noise with the example's."""
+    model = MODEL.replace(dropout_rate=0.5)
+    images, _ = synthetic_splits()
+    batch = images.images[:8]
+    root = jax.random.key(TRAIN.seed)
+    results = {}
+    for num_devices, micro_batches in ((4, 1), (1, 4), (2, 2)):
+        devices = tuple(jax.local_devices()[:num_devices])
+        fns = train.step_functions(model, TRAIN.replace(micro_batches=micro_batches), devices)
+        sharding = train.device_sharding(devices)
+        state = train.replicate(fns.init(root, batch), sharding)
+        state, metrics = fns.train(state, jax.device_put(batch.reshape(num_devices, -1, 8, 8, 1), sharding))
+        results[num_devices, micro_batches] = (train.unreplicate(state), float(np.asarray(metrics["loss"])[0]))
+    (reference, loss), *others = results.values()
+    for state, other_loss in others:
+        assert other_loss == pytest.approx(loss, rel=1e-5)
+        assert_states_equal(state, reference, exact=False)
+    # Sanity: dropout is on, so other dropout keys give another update.
+    fns = train.step_functions(model, TRAIN, tuple(jax.local_devices()[:1]))
+    state = train.replicate(fns.init(root, batch), train.device_sharding(tuple(jax.local_devices()[:1])))
+    _, metrics = fns.train(state, batch[None])
+    assert float(np.asarray(metrics["loss"])[0]) != pytest.approx(loss, rel=1e-5)
+
 
 
 @pytest.mark.parametrize("prior", ["rbm", "gaussian", "bernoulli", "none"])

@@ -9,9 +9,12 @@ global batch of the flag file is split over the devices. Data are random binary 
 data pipeline is not timed). Each device count runs in its own subprocess, because the number of CPU devices
 is fixed when jax starts (`jax_num_cpu_devices`). Per configuration: compile time (lowering + compilation of
 the step, ahead of time), one step, then `--steps` steps timed the way the training loop runs them (step N + 1
-dispatched before step N's metrics are read). The step is compiled twice, with the convolution forms of
-`pvpp.nn.conv_forms` (its shipped table) and with XLA's convolution everywhere, and `--rounds` blocks of
-`--steps` steps of each are timed interleaved: `speedup_over_xla` is the ratio of their median step times.
+dispatched before step N's metrics are read). The step is compiled three times (`VARIANTS`): as a run would
+train it (the convolution forms of `pvpp.nn.conv_forms`' shipped table, the micro-batches of
+`TrainConfig.micro_batches_in_use`), with the table's forms and one micro-batch, and with XLA's convolution
+everywhere and one micro-batch (the step before either existed); `--rounds` blocks of `--steps` steps of each are
+timed interleaved: `speedup_over_xla` is the ratio of the first's and the last's median step times,
+`speedup_of_forms` that of the second and the last.
 
 Each worker measures, in its own process: the matmul peak (`pvpp.bench.peak`), and per configuration the
 `measured` record of the timed steps (wall and process CPU seconds, 1-minute load before and after), the step's
@@ -28,8 +31,8 @@ import subprocess
 import sys
 import time
 
-#: The convolution policies of `pvpp.nn.conv_forms` compared, interleaved: the shipped table's forms, XLA everywhere.
-POLICIES = ("table", "xla")
+#: The steps compared, interleaved: name -> (policy of `pvpp.nn.conv_forms`, micro-batches; None: the run's).
+VARIANTS = {"chosen": ("table", None), "table_one_micro_batch": ("table", 1), "xla": ("xla", 1)}
 #: name -> (entry-point module, flag file relative to the repository root, flags added after the file).
 CONFIGS = {
     "caltech101_cpu": ("pvpp.experiments.caltech101", "experiments/caltech101_cpu.flags", ()),
@@ -181,50 +184,51 @@ def _worker(num_devices: int, names: list[str], steps: int, rounds: int, quick: 
         device_batch = jax.device_put(
             images.reshape(num_devices, batch // num_devices, *images.shape[1:]), sharding
         )
-        # The step the loop runs, compiled once per convolution policy (the shipped table's forms; XLA everywhere),
-        # each with its own copy of one initial state (the step donates its state).
+        # The step of each variant, each with its own copy of one initial state (the step donates its state).
         steps_of, states, compile_seconds, choices = {}, {}, {}, {}
-        for policy in POLICIES:
+        micro_batches = train_config.micro_batches_in_use(model_config.nr_filters, num_devices, devices[0].platform)
+        for variant, (policy, variant_micro_batches) in VARIANTS.items():
             with conv_forms.policy(policy):
-                fns = train.step_functions(model_config, train_config, devices)
-                if policy == POLICIES[0]:
+                variant_config = train_config.replace(micro_batches=variant_micro_batches or micro_batches)
+                fns = train.step_functions(model_config, variant_config, devices)
+                if variant == "chosen":
                     start = time.perf_counter()
                     initial = jax.block_until_ready(fns.init(jax.random.key(0), images))
                     init_seconds = time.perf_counter() - start
-                states[policy] = train.replicate(jax.tree.map(lambda a: a.copy(), initial), sharding)
+                states[variant] = train.replicate(jax.tree.map(lambda a: a.copy(), initial), sharding)
                 start = time.perf_counter()
                 with conv_forms.recording() as record:
-                    steps_of[policy] = fns.train.lower(states[policy], device_batch).compile()
-                compile_seconds[policy] = time.perf_counter() - start
-                choices[policy] = conv_forms.metadata(record)["layers"]
+                    steps_of[variant] = fns.train.lower(states[variant], device_batch).compile()
+                compile_seconds[variant] = time.perf_counter() - start
+                choices[variant] = conv_forms.metadata(record)["layers"]
         start = time.perf_counter()
-        for policy in POLICIES:
-            states[policy], _ = jax.block_until_ready(steps_of[policy](states[policy], device_batch))
-        first_step_seconds = (time.perf_counter() - start) / len(POLICIES)
+        for variant in VARIANTS:
+            states[variant], _ = jax.block_until_ready(steps_of[variant](states[variant], device_batch))
+        first_step_seconds = (time.perf_counter() - start) / len(VARIANTS)
 
-        def timed_steps(policy):
+        def timed_steps(variant):
             previous = None
-            state = states[policy]
+            state = states[variant]
             for _ in range(steps):
-                state, metrics = steps_of[policy](state, device_batch)
+                state, metrics = steps_of[variant](state, device_batch)
                 if previous is not None:
                     jax.device_get(previous["loss"])  # as the loop: read step N after dispatching N + 1
                 previous = metrics
-            states[policy] = jax.block_until_ready(state)
+            states[variant] = jax.block_until_ready(state)
 
-        block_seconds = {policy: [] for policy in POLICIES}
+        block_seconds = {variant: [] for variant in VARIANTS}
 
         def interleaved():
             for _ in range(rounds):
-                for policy in POLICIES:
+                for variant in VARIANTS:
                     start = time.perf_counter()
-                    timed_steps(policy)
-                    block_seconds[policy].append((time.perf_counter() - start) / steps)
+                    timed_steps(variant)
+                    block_seconds[variant].append((time.perf_counter() - start) / steps)
 
         _, record = measured(interleaved)
-        step_seconds = {policy: float(np.median(block_seconds[policy])) for policy in POLICIES}
-        step = steps_of["table"]
-        seconds = step_seconds["table"] * steps
+        step_seconds = {variant: float(np.median(block_seconds[variant])) for variant in VARIANTS}
+        step = steps_of["chosen"]
+        seconds = step_seconds["chosen"] * steps
         run = {
             "name": name,
             "flag_file": flag_file,
@@ -235,17 +239,21 @@ def _worker(num_devices: int, names: list[str], steps: int, rounds: int, quick: 
             "nr_filters": model_config.nr_filters,
             "downsample": model_config.downsample,
             "prior": model_config.prior,
-            "num_params": count_params(train.unreplicate(states["table"].params)),
+            "num_params": count_params(train.unreplicate(states["chosen"].params)),
+            "micro_batches": micro_batches,
             "init_seconds": init_seconds,
-            "compile_seconds": compile_seconds["table"],
+            "compile_seconds": compile_seconds["chosen"],
             "first_step_seconds": first_step_seconds,
             "steps": steps,
             "rounds": rounds,
             "step_seconds": seconds / steps,
             "step_seconds_xla": step_seconds["xla"],
-            "speedup_over_xla": step_seconds["xla"] / step_seconds["table"],
+            "step_seconds_table_one_micro_batch": step_seconds["table_one_micro_batch"],
+            "block_seconds": block_seconds,
+            "speedup_over_xla": step_seconds["xla"] / step_seconds["chosen"],
+            "speedup_of_forms": step_seconds["xla"] / step_seconds["table_one_micro_batch"],
             "compile_seconds_xla": compile_seconds["xla"],
-            "conv_forms": choices["table"],
+            "conv_forms": choices["chosen"],
             "images_per_second": batch * steps / seconds,
             **achieved(step, seconds / steps, peak, num_devices),
             "measurement": record,
@@ -257,9 +265,10 @@ def _worker(num_devices: int, names: list[str], steps: int, rounds: int, quick: 
         )
         log(
             f"{name} on {num_devices} device(s): {run['images_per_second']:.1f} images/s "
-            f"({run['step_seconds']:.3f} s/step, batch {batch}; {gflops}), {run['speedup_over_xla']:.2f}x the step "
-            f"with XLA's convolution everywhere ({run['step_seconds_xla']:.3f} s/step, interleaved), compile "
-            f"{compile_seconds['table']:.1f} s, "
+            f"({run['step_seconds']:.3f} s/step, batch {batch}, {micro_batches} micro-batch(es); {gflops}), "
+            f"{run['speedup_over_xla']:.2f}x the step with XLA's convolution everywhere and one micro-batch "
+            f"({run['step_seconds_xla']:.3f} s/step, interleaved; the forms alone {run['speedup_of_forms']:.2f}x), "
+            f"compile {compile_seconds['chosen']:.1f} s, "
             f"init {init_seconds:.1f} s"
         )
         runs.append(run)

@@ -39,8 +39,10 @@ class StepFunctions:
 
 
 def step_functions(model_config: ModelConfig, config: TrainConfig, devices: tuple) -> StepFunctions:
-    """The compiled functions of a run for `devices` (a tuple of jax devices)."""
-    step_config = config.step_config
+    """The compiled functions of a run for `devices` (a tuple of jax devices); the train step cuts each device's
+    batch into `config.micro_batches_in_use(...)` micro-batches."""
+    micro_batches = config.micro_batches_in_use(model_config.nr_filters, len(devices), devices[0].platform)
+    step_config = dataclasses.replace(config.step_config, micro_batches=micro_batches)
     # Only what the prior reads goes into the cache key (a Gaussian run ignores --num_chains, PCD the AIS effort).
     negative_phase = make_prior(model_config).negative_phase_settings(step_config.negative_phase)
     step_config = dataclasses.replace(step_config, negative_phase=negative_phase)

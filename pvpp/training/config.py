@@ -67,9 +67,18 @@ class DataConfig:
         return dataclasses.asdict(self)
 
 
+#: The default micro-batches of a large decoder on a CPU (`TrainConfig.micro_batches_in_use`): measured on the
+#: paper MNIST step, 1, 2, 4 micro-batches of batch 32 took 1.00 : 0.92 : 0.89 of the time (`pvpp/bench/README.md`).
+AUTO_MICRO_BATCHES = 4
+#: The fewest decoder filters that get `AUTO_MICRO_BATCHES` by default, and the fewest images a micro-batch keeps.
+AUTO_MIN_FILTERS = 64
+AUTO_MIN_MICRO_BATCH = 4
+
+
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
-    """Everything the compiled train step reads besides the model: the optimizer and the prior's negative phase.
+    """Everything the compiled train step reads besides the model: the optimizer, the prior's negative phase and
+    the micro-batches each device's batch is cut into (`pvpp.training.step`).
 
     Small, frozen and hashable: `pvpp.training.compiled.step_functions` caches its compilations on it, so runs
     that differ in anything else (length, periods, seed, data) reuse them.
@@ -77,6 +86,7 @@ class StepConfig:
 
     optim: OptimConfig = OptimConfig()
     negative_phase: NegativePhaseConfig = NegativePhaseConfig()
+    micro_batches: int = 1
 
 
 @settings.check_classified
@@ -92,7 +102,9 @@ class TrainConfig:
     evaluation. init_batch_size: images for the data-dependent init (None: batch_size). eval_examples: the
     fixed evaluation subset (the first images of the evaluation split). eval_batch_size: None means
     batch_size. eval_grids: images in each of the sample and reconstruction grids written to TensorBoard at
-    every evaluation (0: none; `pvpp.training.grids`). conv_forms: the policy of `pvpp.nn.conv_forms` the step is
+    every evaluation (0: none; `pvpp.training.grids`). micro_batches: the parts each device's batch is cut into,
+    computed side by side in one step (`pvpp.training.step`; the dropout masks are those of as many times the
+    devices); None: `micro_batches_in_use` decides (the value in use is config.json's "micro_batches"). conv_forms: the policy of `pvpp.nn.conv_forms` the step is
     traced with (the forms compute XLA's values to float32 rounding); the run records the per-layer choices in
     conv_forms.json.
     """
@@ -134,6 +146,12 @@ class TrainConfig:
     )
     checkpoint_every: int = settings.setting(2000, "steps between checkpoints", minimum=1)
     keep_checkpoints: int = settings.setting(3, "checkpoints kept", minimum=1)
+    micro_batches: int | None = settings.setting(
+        None,
+        "parts of each device's batch computed side by side in one step: the update of that many times the "
+        "devices (default: 4 for decoders of 64+ filters on a CPU, else 1)",
+        minimum=1,
+    )
     conv_forms: str = settings.setting(
         "table",
         "convolution forms: per layer and direction the fastest equal form of pvpp.nn.conv_forms' shipped table "
@@ -165,6 +183,7 @@ class TrainConfig:
         "eval_grids": settings.CHANGEABLE,
         "checkpoint_every": settings.CHANGEABLE,
         "keep_checkpoints": settings.CHANGEABLE,
+        "micro_batches": settings.RECORDED,
         "conv_forms": settings.CHANGEABLE,
     }
 
@@ -187,7 +206,7 @@ class TrainConfig:
             ("keep_checkpoints", 1),
         ):
             check_int(getattr(self, name), name, minimum)
-        for name in ("num_steps", "num_epochs", "num_devices", "init_batch_size", "eval_batch_size"):
+        for name in ("num_steps", "num_epochs", "num_devices", "init_batch_size", "eval_batch_size", "micro_batches"):
             if getattr(self, name) is not None:
                 check_int(getattr(self, name), name, 1)
         check_choice(self.negative_phase, "negative_phase", NEGATIVE_PHASES)
@@ -198,6 +217,28 @@ class TrainConfig:
                 )
         if self.num_devices is not None:
             check_divisible(self.batch_size, "batch_size", self.num_devices, "devices (num_devices)")
+            if self.micro_batches is not None:
+                check_divisible(
+                    self.batch_size // self.num_devices, "the device batch (batch_size / num_devices)",
+                    self.micro_batches, "micro-batches (micro_batches)",
+                )
+
+    def micro_batches_in_use(self, nr_filters: int, num_devices: int, platform: str) -> int:
+        """The micro-batches of each device's batch: `micro_batches` where set, else `AUTO_MICRO_BATCHES` (or the
+        largest of its halvings that divides the device batch) for a decoder of at least `AUTO_MIN_FILTERS`
+        filters on a CPU, where they make the step faster (`pvpp/bench/README.md`), and 1 otherwise: on an
+        accelerator one device's operations run one after another, and the small CPU models gain too little to
+        change their dropout streams. nr_filters: the decoder's (`ModelConfig.nr_filters`); platform: the
+        devices' ('cpu', 'gpu', 'tpu')."""
+        if self.micro_batches is not None:
+            return self.micro_batches
+        if platform != "cpu" or nr_filters < AUTO_MIN_FILTERS:
+            return 1
+        device_batch = self.batch_size // num_devices
+        parts = AUTO_MICRO_BATCHES
+        while parts > 1 and (device_batch % parts or device_batch // parts < AUTO_MIN_MICRO_BATCH):
+            parts //= 2
+        return parts
 
     @property
     def step_config(self) -> StepConfig:
@@ -208,7 +249,7 @@ class TrainConfig:
             sweeps_per_step=self.sweeps_per_step,
             ais=self.negative_ais,
         )
-        return StepConfig(optim=self.optim, negative_phase=negative_phase)
+        return StepConfig(optim=self.optim, negative_phase=negative_phase, micro_batches=self.micro_batches or 1)
 
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)

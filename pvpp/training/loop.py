@@ -122,6 +122,7 @@ def run_training(
     """
     devices, local_devices = _check_run(model_config, train_config, train_data, eval_data, workdir, setting_names)
     num_devices = len(devices)
+    micro_batches = train_config.micro_batches_in_use(model_config.nr_filters, num_devices, devices[0].platform)
     train_iter = data.batch_iterator(
         train_data,
         train_config.batch_size,
@@ -135,6 +136,7 @@ def run_training(
         "train": train_config.to_dict(),
         "data": dict(data_description or {"name": train_data.name}),
         "num_devices": num_devices,
+        "micro_batches": micro_batches,
         "num_steps": num_steps,
         "versions": {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__},
     }
@@ -393,6 +395,12 @@ def _check_run(model_config, train_config, train_data, eval_data, workdir, names
     devices, local_devices = run_devices(train_config.num_devices)
     num_devices = len(devices)
     check_divisible(train_config.batch_size, resume.name_of("train.batch_size", names), num_devices)
+    check_divisible(
+        train_config.batch_size // num_devices,
+        f"the device batch ({resume.name_of('train.batch_size', names)} / {num_devices} devices)",
+        train_config.micro_batches_in_use(model_config.nr_filters, num_devices, devices[0].platform),
+        f"micro-batches ({resume.name_of('train.micro_batches', names)})",
+    )
     for name, split in (("train_data", train_data), ("eval_data", eval_data)):
         if not isinstance(split, data.DataSplit):
             raise TypeError(f"{name} must be a pvpp.data.DataSplit, got {type(split).__name__}")

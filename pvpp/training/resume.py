@@ -5,7 +5,7 @@
     document, started = record(recorded, description, start_step)   # config.json's new content
 
 A run description is config.json's content: {"model": ModelConfig.to_dict(), "train": TrainConfig.to_dict(),
-"data": DataConfig.to_dict() + {"source"}, "num_devices", "num_steps", "versions"}. Its top level holds the
+"data": DataConfig.to_dict() + {"source"}, "num_devices", "micro_batches", "num_steps", "versions"}. Its top level holds the
 settings in force now; "segments" lists every segment of the run, oldest first, as {"start_step": S, **settings}:
 the settings that took the run from step S on (S is the step the segment resumed from). A segment that starts
 after the step a later resume restored (or at it, with other settings) gave no step of the state and is dropped.
@@ -28,10 +28,11 @@ SEGMENTS_KEY = "segments"
 START_STEP_KEY = "start_step"
 #: The config dataclass of each section of a run description.
 SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
-#: The kinds of the entries that are no config field: the device count in use, the number of steps derived from
+#: The kinds of the entries that are no config field: the device count and the micro-batches in use, the number of steps derived from
 #: the length settings, the library versions, and where the data were actually read from.
 RUN_ENTRIES = {
     "num_devices": settings.CHANGEABLE,
+    "micro_batches": settings.CHANGEABLE,
     "num_steps": settings.RECORDED,
     "versions": settings.RECORDED,
     "data.source": settings.RECORDED,
@@ -133,7 +134,11 @@ def name_of(path: str, names: Mapping[str, str] | None = None) -> str:
     section, _, rest = path.partition(".")
     if section in SECTIONS and rest:
         return f"{section}_config.{rest}"
-    return {"num_devices": "the device count in use", "num_steps": "the run's number of steps"}.get(path, path)
+    return {
+        "num_devices": "the device count in use",
+        "micro_batches": "the micro-batches in use",
+        "num_steps": "the run's number of steps",
+    }.get(path, path)
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

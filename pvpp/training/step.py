@@ -8,9 +8,16 @@ warm-up schedule; the prior's negative phase advanced first) -> gradients averag
 Randomness (`pvpp.keys`): the latent noise of example i is fold_in(fold_in(stream 'latent', step), i) with i its
 index in the GLOBAL batch (device * per-device batch + row), so 8 devices x batch b and 1 device x batch 8b
 draw the same noise and make the same update (without dropout). The negative-phase key is the same on every
-device, so the chains stay identical everywhere. The dropout key is folded with the device index
-(`lax.axis_index`): a dropout mask per example would need the network vmapped over single examples, which is
-slower (experiments/fidelity.md).
+device, so the chains stay identical everywhere. The dropout key is folded with the index of the micro-batch
+in the global batch (device * micro_batches + micro-batch; the device index when there is one micro-batch): a
+dropout mask per example would need the network vmapped over single examples, which is slower
+(experiments/fidelity.md).
+
+Micro-batches (`StepConfig.micro_batches`, k): the device's batch is cut into k equal parts whose forward and
+backward passes are k independent parts of the one compiled step (a Python loop, unrolled: no `scan`), and the
+loss and metrics are their means. XLA's CPU runtime runs independent operations side by side on the cores, so on
+a CPU the large models' step gets faster (`pvpp/bench/README.md`); the update equals that of k times as many
+devices with one micro-batch each, to float rounding, dropout included.
 """
 
 from __future__ import annotations
@@ -49,9 +56,11 @@ def train_step(
     step = state.step
     x = to_model_space(model.config, images)
     latent_keys = example_keys(jax.random.fold_in(keys.stream(state.key, "latent"), step), x.shape[0])
-    dropout_key = jax.random.fold_in(
-        jax.random.fold_in(keys.stream(state.key, "dropout"), step), lax.axis_index(AXIS)
-    )
+    micro_batches = config.micro_batches
+    if x.shape[0] % micro_batches:
+        raise ValueError(f"the device batch of {x.shape[0]} images does not split into {micro_batches} micro_batches")
+    size = x.shape[0] // micro_batches
+    step_dropout_key = jax.random.fold_in(keys.stream(state.key, "dropout"), step)
     # Same key on every device: the chains (and the negative phase) stay identical across devices.
     chains, negative_phase = prior.negative_phase(
         prior.prior_params(state.params),
@@ -61,11 +70,20 @@ def train_step(
     )
     beta_kl = kl_weight_schedule(config.optim)(step)
 
-    def loss_fn(params):
-        output = forward(model, params, x, latent_keys, dropout_key, train=True)
+    def micro_batch_loss(params, i):
+        rows = slice(i * size, (i + 1) * size)
+        dropout_key = jax.random.fold_in(step_dropout_key, lax.axis_index(AXIS) * micro_batches + i)
+        output = forward(model, params, x[rows], latent_keys[rows], dropout_key, train=True)
         return objectives.relaxed_elbo_loss(
-            prior, likelihood, output, x, beta_kl=beta_kl, negative_phase=negative_phase
+            prior, likelihood, output, x[rows], beta_kl=beta_kl, negative_phase=negative_phase
         )
+
+    def loss_fn(params):
+        # Equal micro-batches: the mean of their means is the mean over the device's batch.
+        parts = [micro_batch_loss(params, i) for i in range(micro_batches)]
+        if micro_batches == 1:
+            return parts[0]
+        return jax.tree.map(lambda *values: sum(values) / micro_batches, *parts)
 
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     # Equal per-device batches: the mean of the device means is the mean over the global batch.
