@@ -42,6 +42,7 @@ def test_every_setting_has_a_kind_and_every_training_flag_names_its_setting():
         "train": TRAIN.to_dict(),
         "data": train.DataConfig("mnist").to_dict(),
         "num_devices": 1,
+        "micro_batches": 1,
         "num_steps": 6,
         "versions": {"jax": jax.__version__},
     }
@@ -61,6 +62,8 @@ def test_every_setting_has_a_kind_and_every_training_flag_names_its_setting():
         "data.name": settings.FIXED,
         "data.data_dir": settings.RECORDED,
         "num_devices": settings.CHANGEABLE,
+        "micro_batches": settings.CHANGEABLE,
+        "train.micro_batches": settings.RECORDED,
         "versions.jax": settings.RECORDED,
     }
     assert {path: kinds[path] for path in expected} == expected

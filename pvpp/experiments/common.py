@@ -99,6 +99,7 @@ def _model_specs(model_defaults: ModelConfig) -> list[config_flags.FlagSpec]:
 SETTING_FLAGS = {
     **{"data." + ".".join(spec.path): spec.name for spec in _data_specs()},
     "num_devices": "num_devices",
+    "micro_batches": "micro_batches",
     **{"train." + ".".join(spec.path): spec.name for spec in _train_specs()},
     **{"model." + ".".join(spec.path): spec.name for spec in _model_specs(ModelConfig())},
 }
