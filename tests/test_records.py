@@ -303,6 +303,19 @@ def test_a_batch_larger_than_the_split_stops_with_one_line_naming_the_flag(tmp_p
     assert not (tmp_path / "run").exists()
 
 
+def test_a_record_from_before_micro_batches_counts_as_one_and_more_is_a_change(tmp_path):
+    """config.json written before the micro-batch count was recorded: its run used one; a resume with 4 needs the
+    flag and is recorded as a change."""
+    description = {"model": MODEL.to_dict(), "train": TRAIN.to_dict(), "data": {"name": "synthetic"},
+                   "num_devices": 1, "num_steps": 6}
+    workdir_files.write_config(tmp_path, description)
+    assert resume.check_resumable(tmp_path, {**description, "micro_batches": 1})[1] == []
+    with pytest.raises(workdir_files.ChangedSettingsError, match="the micro-batches in use: 1 -> 4"):
+        resume.check_resumable(tmp_path, {**description, "micro_batches": 4})
+    _, changes = resume.check_resumable(tmp_path, {**description, "micro_batches": 4}, allow_changed_settings=True)
+    assert [(c.path, c.recorded, c.given) for c in changes] == [("micro_batches", 1, 4)]
+
+
 def test_evaluating_an_export_of_another_model_names_the_checkpoint_flag(tmp_path):
     workdir = tmp_path / "run"
     workdir_files.write_config(workdir, {"model": MODEL.to_dict(), "train": TRAIN.to_dict(), "data": {"name": "synthetic"}})

@@ -185,7 +185,7 @@ def check_resumable(
     points give their flags; 'allow_changed_settings' and 'workdir' name those arguments). Returns (the record or
     None, every difference found: the changes to record). Reads only.
     """
-    recorded = workdir_files.read_config(workdir)
+    recorded = _completed(workdir_files.read_config(workdir))
     changes = differences(recorded, description)
     fixed = [c for c in changes if c.kind == settings.FIXED]
     if fixed:
@@ -205,6 +205,14 @@ def check_resumable(
             "values to resume as before"
         )
     return recorded, changes
+
+
+def _completed(recorded: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A record written before an entry existed, with the value every run of that time had: one micro-batch (so
+    that a resume with several is a change that is noted, not a silent rewrite of the run's history)."""
+    if recorded is None or "micro_batches" in recorded:
+        return recorded
+    return {**recorded, "micro_batches": 1}
 
 
 def _named_workdir(workdir, names: Mapping[str, str] | None) -> str:
