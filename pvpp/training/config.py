@@ -104,9 +104,9 @@ class TrainConfig:
     batch_size. eval_grids: images in each of the sample and reconstruction grids written to TensorBoard at
     every evaluation (0: none; `pvpp.training.grids`). micro_batches: the parts each device's batch is cut into,
     computed side by side in one step (`pvpp.training.step`; the dropout masks are those of as many times the
-    devices); None: `micro_batches_in_use` decides (the value in use is config.json's "micro_batches"). conv_forms: the policy of `pvpp.nn.conv_forms` the step is
-    traced with (the forms compute XLA's values to float32 rounding); the run records the per-layer choices in
-    conv_forms.json.
+    devices); None: `micro_batches_in_use` decides (the value in use is config.json's "micro_batches").
+    conv_forms: the policy of `pvpp.nn.conv_forms` the step is traced with (the forms compute XLA's values to
+    float32 rounding); the run records the per-layer choices in conv_forms.json.
     """
 
     batch_size: int = settings.setting(128, "global batch (all devices together)", minimum=1)
@@ -206,7 +206,8 @@ class TrainConfig:
             ("keep_checkpoints", 1),
         ):
             check_int(getattr(self, name), name, minimum)
-        for name in ("num_steps", "num_epochs", "num_devices", "init_batch_size", "eval_batch_size", "micro_batches"):
+        optional = ("num_steps", "num_epochs", "num_devices", "init_batch_size", "eval_batch_size", "micro_batches")
+        for name in optional:
             if getattr(self, name) is not None:
                 check_int(getattr(self, name), name, 1)
         check_choice(self.negative_phase, "negative_phase", NEGATIVE_PHASES)

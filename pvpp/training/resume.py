@@ -4,11 +4,11 @@
                                                      # "train.optim.learning_rate"
     document, started = record(recorded, description, start_step)   # config.json's new content
 
-A run description is config.json's content: {"model": ModelConfig.to_dict(), "train": TrainConfig.to_dict(),
-"data": DataConfig.to_dict() + {"source"}, "num_devices", "micro_batches", "num_steps", "versions"}. Its top level holds the
+A run description is config.json's content: {"model": ModelConfig.to_dict(), "train": TrainConfig.to_dict(), "data":
+DataConfig.to_dict() + {"source"}, "num_devices", "micro_batches", "num_steps", "versions"}. Its top level holds the
 settings in force now; "segments" lists every segment of the run, oldest first, as {"start_step": S, **settings}:
-the settings that took the run from step S on (S is the step the segment resumed from). A segment that starts
-after the step a later resume restored (or at it, with other settings) gave no step of the state and is dropped.
+the settings that took the run from step S on (S is the step the segment resumed from). A segment that starts after
+the step a later resume restored (or at it, with other settings) gave no step of the state and is dropped.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ SEGMENTS_KEY = "segments"
 START_STEP_KEY = "start_step"
 #: The config dataclass of each section of a run description.
 SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
-#: The kinds of the entries that are no config field: the device count and the micro-batches in use, the number of steps derived from
-#: the length settings, the library versions, and where the data were actually read from.
+#: The kinds of the entries that are no config field: the device count and the micro-batches in use, the number of
+#: steps derived from the length settings, the library versions, and where the data were actually read from.
 RUN_ENTRIES = {
     "num_devices": settings.CHANGEABLE,
     "micro_batches": settings.CHANGEABLE,

@@ -58,7 +58,7 @@ def train_step(
     latent_keys = example_keys(jax.random.fold_in(keys.stream(state.key, "latent"), step), x.shape[0])
     micro_batches = config.micro_batches
     if x.shape[0] % micro_batches:
-        raise ValueError(f"the device batch of {x.shape[0]} images does not split into {micro_batches} micro_batches")
+        raise ValueError(f"the device batch of {x.shape[0]} images does not split into {micro_batches} micro-batches")
     size = x.shape[0] // micro_batches
     step_dropout_key = jax.random.fold_in(keys.stream(state.key, "dropout"), step)
     # Same key on every device: the chains (and the negative phase) stay identical across devices.
