@@ -120,9 +120,10 @@ def run_training(
     last good checkpoint is saved), and `pvpp.runs.stopping.TrainingStopped` after SIGTERM or SIGINT (the checkpoint
     of the step that was running is saved first).
     """
-    devices, local_devices = _check_run(model_config, train_config, train_data, eval_data, workdir, setting_names)
+    devices, local_devices, micro_batches = _check_run(
+        model_config, train_config, train_data, eval_data, workdir, setting_names
+    )
     num_devices = len(devices)
-    micro_batches = train_config.micro_batches_in_use(model_config.nr_filters, num_devices, devices[0].platform)
     train_iter = data.batch_iterator(
         train_data,
         train_config.batch_size,
@@ -385,9 +386,11 @@ def _close(manager: checkpoint.CheckpointManager, *, failing: bool) -> None:
         logging.warning("%s", err)
 
 
-def _check_run(model_config, train_config, train_data, eval_data, workdir, names=None) -> tuple[tuple, tuple]:
-    """Validates the arguments of `run_training`; returns the devices of the step and this process's ones.
-    names: how messages name the settings (`resume.name_of`)."""
+def _check_run(
+    model_config, train_config, train_data, eval_data, workdir, names=None
+) -> tuple[tuple, tuple, int]:
+    """Validates the arguments of `run_training`; returns the devices of the step, this process's ones and the
+    micro-batches in use. names: how messages name the settings (`resume.name_of`)."""
     if not isinstance(model_config, ModelConfig):
         raise TypeError(f"model_config must be a ModelConfig, got {type(model_config).__name__}")
     if not isinstance(train_config, TrainConfig):
@@ -395,10 +398,11 @@ def _check_run(model_config, train_config, train_data, eval_data, workdir, names
     devices, local_devices = run_devices(train_config.num_devices)
     num_devices = len(devices)
     check_divisible(train_config.batch_size, resume.name_of("train.batch_size", names), num_devices)
+    micro_batches = train_config.micro_batches_in_use(model_config.nr_filters, num_devices, devices[0].platform)
     check_divisible(
         train_config.batch_size // num_devices,
         f"the device batch ({resume.name_of('train.batch_size', names)} / {num_devices} devices)",
-        train_config.micro_batches_in_use(model_config.nr_filters, num_devices, devices[0].platform),
+        micro_batches,
         f"micro-batches ({resume.name_of('train.micro_batches', names)})",
     )
     for name, split in (("train_data", train_data), ("eval_data", eval_data)):
@@ -419,7 +423,7 @@ def _check_run(model_config, train_config, train_data, eval_data, workdir, names
         )
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ValueError(f"workdir {workdir} exists and is not a directory")
-    return devices, local_devices
+    return devices, local_devices, micro_batches
 
 
 def _rename_train_metrics(model: PixelVAEPP, means: dict[str, float]) -> dict[str, float]:

@@ -37,6 +37,9 @@ RUN_ENTRIES = {
     "versions": settings.RECORDED,
     "data.source": settings.RECORDED,
 }
+#: The value of each entry that records written before it existed lack: what every run of that time had (one
+#: micro-batch), so that a resume with another value is a noted change, not a silent rewrite of the run's history.
+OLDER_RECORD_VALUES = {"micro_batches": 1}
 #: Entries that describe how this start went, not the run's settings: they neither start a segment nor get a note
 #: (the data source says whether the prepared copy was made now or reused).
 VOLATILE = ("data.source",)
@@ -208,11 +211,10 @@ def check_resumable(
 
 
 def _completed(recorded: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A record written before an entry existed, with the value every run of that time had: one micro-batch (so
-    that a resume with several is a change that is noted, not a silent rewrite of the run's history)."""
-    if recorded is None or "micro_batches" in recorded:
-        return recorded
-    return {**recorded, "micro_batches": 1}
+    """The record with the `OLDER_RECORD_VALUES` of the entries it lacks (None: no record)."""
+    if recorded is None:
+        return None
+    return {**recorded, **{key: value for key, value in OLDER_RECORD_VALUES.items() if key not in recorded}}
 
 
 def _named_workdir(workdir, names: Mapping[str, str] | None) -> str:
