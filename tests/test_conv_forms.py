@@ -21,7 +21,8 @@ from pvpp.nn.weightnorm import conv_transpose
 # (input [B, H, W, C_in], kernel [kh, kw, C_in, C_out], strides, padding, input dilation): one geometry per layer
 # type of the model: the shifted convolutions (2x3 down, 2x2 down-right, the first layers' 1x3 and 2x1), their
 # stride-2 forms on even and odd sizes, the transposed ones (dilated input), the SAME 3x3 of the encoders and
-# conditioning maps (stride 1 and 2), and the latent map's 3x3 transposed convolution.
+# conditioning maps (stride 1 and 2), the latent map's 3x3 transposed convolution, and the skip encoders' windows
+# that tile their input (strides equal to the kernel; on an odd size the last row and column are unused).
 GEOMETRIES = {
     "down 2x3": ((2, 8, 8, 5), (2, 3, 5, 4), (1, 1), ((1, 0), (1, 1)), (1, 1)),
     "down-right 2x2": ((2, 8, 8, 5), (2, 2, 5, 4), (1, 1), ((1, 0), (1, 0)), (1, 1)),
@@ -34,6 +35,8 @@ GEOMETRIES = {
     "transposed 3x3 latent map": ((2, 4, 4, 5), (3, 3, 5, 4), (1, 1), ((1, 2), (1, 2)), (2, 2)),
     "SAME 3x3": ((2, 8, 8, 5), (3, 3, 5, 4), (1, 1), "SAME", (1, 1)),
     "SAME 3x3 stride 2": ((2, 8, 8, 5), (3, 3, 5, 4), (2, 2), "SAME", (1, 1)),
+    "skip encoder 4x4 stride 4": ((2, 8, 8, 5), (4, 4, 5, 1), (4, 4), "VALID", (1, 1)),
+    "tiling 2x2 stride 2, odd": ((2, 7, 7, 5), (2, 2, 5, 3), (2, 2), "VALID", (1, 1)),
 }
 #: float32 rounding: the forms sum the same products in another order (relative to the largest value).
 RELATIVE_TOLERANCE = 1e-5
@@ -77,6 +80,17 @@ def test_every_form_and_direction_equals_xla(name):
     _close(got_dk, want_dk, f"{name}, {choice}: filter gradient")
 
 
+def test_each_form_is_offered_exactly_where_it_can_compute_the_geometry():
+    offered = {name: conv_forms.geometry_of(*spec).applicable() for name, spec in GEOMETRIES.items()}
+    assert {name for name, forms in offered.items() if "scatter" in forms} == {
+        name for name in GEOMETRIES if name.startswith("transposed")
+    }
+    assert {name for name, forms in offered.items() if "patches" in forms} == {
+        "skip encoder 4x4 stride 4", "tiling 2x2 stride 2, odd"
+    }
+    assert all(forms[:3] == ("xla", "taps", "im2col") for forms in offered.values())
+
+
 def test_the_transposed_convolution_scatters_each_input_to_its_taps():
     """conv_transpose (now through conv_forms) against its definition: out[s i + p, s j + q] += x[i, j] @ k[p, q]."""
     rng = np.random.default_rng(1)
@@ -116,9 +130,28 @@ def test_the_shipped_table_is_valid_and_names_only_applicable_forms():
     assert data["entries"], "the shipped table lists no geometry"
     for key, entry in data["entries"].items():
         assert set(entry["choice"]) == set(conv_forms.DIRECTIONS), key
-        if not key.startswith("transposed"):
-            assert "scatter" not in entry["choice"].values(), key
+        assert set(entry["choice"].values()) <= set(conv_forms.geometry_from_key(key).applicable()), key
     assert len(conv_forms.table_digest()) == 16
+
+
+def test_a_geometry_key_names_its_geometry_and_a_table_with_an_inapplicable_form_is_refused(tmp_path, monkeypatch):
+    for name, spec in GEOMETRIES.items():
+        geometry = conv_forms.geometry_of(*spec)
+        assert conv_forms.geometry_from_key(geometry.key(), geometry.input_shape[0]) == geometry, name
+    with pytest.raises(ValueError, match="not a convolution geometry key"):
+        conv_forms.geometry_from_key("conv 8x8 5->4 k2x3")
+    key = conv_forms.geometry_of(*GEOMETRIES["down 2x3"]).key()
+    bad = tmp_path / "table.json"
+    bad.write_text(json.dumps({"entries": {key: {"choice": {"forward": "patches", "input_grad": "xla",
+                                                            "filter_grad": "xla"}}}}))
+    monkeypatch.setattr(conv_forms, "TABLE_PATH", bad)
+    conv_forms.table.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="has a bad choice"):
+            conv_forms.table()
+    finally:
+        monkeypatch.undo()
+        conv_forms.table.cache_clear()
 
 
 def test_the_model_gives_the_same_loss_and_gradients_with_every_form():
@@ -184,3 +217,33 @@ def test_a_training_run_records_its_forms_and_matches_xla(tmp_path):
     assert conv_forms.current_policy() == "table"  # the run's policy held for the run only
     assert len(losses["table"]) == len(losses["xla"]) == 4
     np.testing.assert_allclose(losses["table"], losses["xla"], rtol=1e-4)
+
+
+def test_updating_the_table_replaces_only_the_measured_geometries(tmp_path):
+    from pvpp.bench import conv as bench_conv
+
+    old = {"about": "a table", "measured": {"load_1min_at_start": 0.1}, "entries": {
+        "conv 8x8 5->4 k2x3 s1x1 d1x1 p1,0;1,1": {"choice": {"forward": "taps", "input_grad": "xla",
+                                                             "filter_grad": "xla"}, "batch": 2},
+        "conv 8x8 5->1 k4x4 s4x4 d1x1 p0,0;0,0": {"choice": {"forward": "xla", "input_grad": "xla",
+                                                             "filter_grad": "xla"}, "batch": 2},
+    }}
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(old))
+    key = "conv 8x8 5->1 k4x4 s4x4 d1x1 p0,0;0,0"
+    times = {d: {"xla": 2e-3, "patches": 5e-4} for d in conv_forms.DIRECTIONS}
+    result = {
+        "machine": {"platform": "p", "processor": "", "cpu_count": 2, "jax_version": "j", "jaxlib_version": "j",
+                    "load_average_1min_at_start": 0.5},
+        "load_1min_at_end": 0.6, "peak": {"float32": {"gflops": 200.0}}, "rounds": 9, "margin": 0.5,
+        "layers": {key: {"configs": ["x"], "batch": 2, "seconds": times,
+                         "choice": bench_conv._choice(times, 0.5)}},
+    }
+    bench_conv._update_table(str(path), result)
+    new = json.loads(path.read_text())
+    assert new["measured"] == old["measured"] and new["about"] == old["about"]
+    untouched = "conv 8x8 5->4 k2x3 s1x1 d1x1 p1,0;1,1"
+    assert new["entries"][untouched] == old["entries"][untouched]
+    assert new["entries"][key]["choice"] == {d: "patches" for d in conv_forms.DIRECTIONS}
+    assert new["entries"][key]["measured"]["load_1min_at_end"] == 0.6
+    assert not list(tmp_path.glob("*.tmp"))

@@ -11,6 +11,7 @@ import pytest
 from helpers import fast_init_key, random_variables
 from pvpp.model import likelihoods
 from pvpp.model.pixelcnn import PixelCNNPP
+from pvpp.nn.resnet import concat_elu
 from pvpp.nn.weightnorm import WNConv, WNConvTranspose, WNDense
 
 CONFIGS = {
@@ -128,6 +129,17 @@ def test_skip_extras_reach_the_output_without_breaking_causality():
         assert float(jnp.abs(g).max()) > 0, f"extra {k} has no effect"
     raster = np.arange(64).reshape(8, 8)
     assert np.all(np.asarray(grad_x)[0, ..., 0][raster >= 3 * 8 + 4] == 0)
+
+
+def test_concat_elu_is_elu_of_x_and_minus_x_concatenated_values_and_gradients_exactly():
+    x = jax.random.normal(jax.random.key(0), (2, 3, 4, 5))
+    cotangent = jax.random.normal(jax.random.key(1), (2, 3, 4, 10))
+    definition = lambda a: jax.nn.elu(jnp.concatenate([a, -a], axis=-1))  # noqa: E731
+    got, got_vjp = jax.vjp(concat_elu, x)
+    want, want_vjp = jax.vjp(definition, x)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got_vjp(cotangent)[0], want_vjp(cotangent)[0])
+    np.testing.assert_array_equal(got[..., :5], jax.nn.elu(x))
 
 
 def test_data_dependent_init_normalises_every_layer():

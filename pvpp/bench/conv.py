@@ -1,6 +1,7 @@
 """Benchmark of the convolution forms: per layer geometry and direction, the time of each form; writes the table.
 
     python -m pvpp.bench.conv [--configs NAME,...] [--rounds 9] [--output conv.json] [--write_table PATH] [--quick]
+                              [--form FORM] [--update_table PATH]
 
 For each configuration (a flag file, as in `pvpp.bench.train`, on one device), the convolutions of its model are
 found by tracing its data-dependent init (`jax.eval_shape`: nothing is compiled) with the forms recorded. For each
@@ -12,6 +13,10 @@ of an earlier document, without measuring.
 
 `--write_table PATH` writes the choices as a table `pvpp.nn.conv_forms` reads (the shipped one is
 `pvpp/nn/conv_forms_cpu.json`); the document records the machine, its load and its matmul peak beside the times.
+`--form FORM` measures only the geometries FORM can compute (e.g. `patches`, after adding it), and
+`--update_table PATH` replaces just the measured geometries' entries of an existing table, each replaced entry
+carrying its own measurement record (machine, load, peak, rounds, margin): a new form joins the table without
+measuring, and so reshuffling by noise, the choices of every other layer.
 """
 
 from __future__ import annotations
@@ -54,8 +59,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--rechoose", default=None, help="a document of this benchmark: choose again from its times (no measuring)"
     )
+    parser.add_argument("--form", default=None, choices=conv_forms.FORMS, help="only geometries this form computes")
+    parser.add_argument("--update_table", default=None, help="replace the measured geometries' entries of this table")
     parser.add_argument("--quick", action="store_true", help="3 layers of mnist_tiny, 2 rounds")
     args = parser.parse_args(argv)
+    if args.update_table and not os.path.exists(args.update_table):
+        parser.error(f"--update_table: no table at {args.update_table}")
+    if args.update_table and args.write_table:
+        parser.error("--update_table and --write_table are exclusive")
     names = (args.configs or ("mnist_tiny" if args.quick else ",".join(DEFAULT_CONFIGS))).split(",")
     unknown = [name for name in names if name not in train.CONFIGS]
     if unknown:
@@ -74,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     peak = matmul_peak(quick=args.quick)
     layers: dict[str, dict] = {}
     for name in names:
-        geometries = list(_geometries(name).items())
+        geometries = [(key, g) for key, g in _geometries(name).items() if not args.form or args.form in g.applicable()]
         for key, geometry in geometries[:3] if args.quick else geometries:
             if key in layers:
                 layers[key]["configs"].append(name)
@@ -92,6 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if args.write_table:
         _write_table(args.write_table, result)
+    if args.update_table:
+        _update_table(args.update_table, result)
     write_result(result, args.output)
     return result
 
@@ -166,26 +179,49 @@ def _summary(layer: dict) -> str:
 
 
 def _write_table(path: str, result: dict) -> None:
-    machine = result["machine"]
     table = {
         "about": "pvpp.nn.conv_forms table: per convolution geometry, the form of each direction; written by "
         "python -m pvpp.bench.conv --write_table",
-        "measured": {
-            "machine": {k: machine[k] for k in ("platform", "processor", "cpu_count", "jax_version", "jaxlib_version")},
-            "load_1min_at_start": machine["load_average_1min_at_start"],
-            "load_1min_at_end": result["load_1min_at_end"],
-            "matmul_peak_gflops_float32": result["peak"]["float32"]["gflops"],
-            "rounds": result["rounds"],
-            "margin": result["margin"],
-        },
-        "entries": {
-            key: {"choice": layer["choice"], "batch": layer["batch"], "configs": layer["configs"],
-                  "median_ms": {d: {f: round(1e3 * t, 4) for f, t in by.items()} for d, by in layer["seconds"].items()}}
-            for key, layer in sorted(result["layers"].items())
-        },
+        "measured": _measurement(result),
+        "entries": {key: _entry(layer) for key, layer in sorted(result["layers"].items())},
     }
-    with open(path, "w") as f:
+    _save_table(path, table)
+
+
+def _update_table(path: str, result: dict) -> None:
+    """Replace the entries of the geometries `result` measured; each carries its own 'measured' record."""
+    with open(path) as f:
+        table = json.load(f)
+    measurement = _measurement(result)
+    for key, layer in result["layers"].items():
+        table["entries"][key] = {**_entry(layer), "measured": measurement}
+    table["entries"] = dict(sorted(table["entries"].items()))
+    _save_table(path, table)
+
+
+def _measurement(result: dict) -> dict:
+    machine = result["machine"]
+    return {
+        "machine": {k: machine[k] for k in ("platform", "processor", "cpu_count", "jax_version", "jaxlib_version")},
+        "load_1min_at_start": machine["load_average_1min_at_start"],
+        "load_1min_at_end": result["load_1min_at_end"],
+        "matmul_peak_gflops_float32": result["peak"]["float32"]["gflops"],
+        "rounds": result["rounds"],
+        "margin": result["margin"],
+    }
+
+
+def _entry(layer: dict) -> dict:
+    return {"choice": layer["choice"], "batch": layer["batch"], "configs": layer["configs"],
+            "median_ms": {d: {f: round(1e3 * t, 4) for f, t in by.items()} for d, by in layer["seconds"].items()}}
+
+
+def _save_table(path: str, table: dict) -> None:
+    """Written to a temporary file and renamed: a crash leaves the old table or the new one, never half of one."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
         f.write(json.dumps(table, indent=1) + "\n")
+    os.replace(tmp, path)
     log(f"wrote {path}: {len(table['entries'])} geometries")
 
 

@@ -16,6 +16,10 @@ gradient (the transpose of kernel -> out). Each direction can be computed by any
 - `scatter` (dilated input only, i.e. transposed convolutions with stride 1): x times every tap at once,
   [B*H*W, C_in] x [C_in, kh*kw*C_out], and each tap's product dilated and shifted into place: no products with
   the dilation's zeros.
+- `patches` (windows that tile the input: strides equal to the kernel, no padding, no dilation): the input
+  reshaped to its non-overlapping [kh, kw, C_in] patches and one product [B*Ho*Wo, kh*kw*C_in] x
+  [kh*kw*C_in, C_out]; its gradients are products and reshapes too (XLA makes the input gradient of such a
+  strided convolution a convolution of the zero-dilated output gradient).
 
 A form's gradient directions are the transposes (`jax.vjp`) of its forward map, so every combination computes the
 same values up to float32 rounding (the order of the sums differs). Which form each direction uses is a `Choice`,
@@ -32,13 +36,14 @@ import functools
 import hashlib
 import json
 import pathlib
+import re
 from typing import Iterator, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import jaxlib
 
-FORMS = ("xla", "taps", "im2col", "scatter")
+FORMS = ("xla", "taps", "im2col", "scatter", "patches")
 DIRECTIONS = ("forward", "input_grad", "filter_grad")
 POLICIES = ("table", "xla")
 TABLE_PATH = pathlib.Path(__file__).with_name("conv_forms_cpu.json")
@@ -66,10 +71,14 @@ class Geometry(NamedTuple):
         )
 
     def applicable(self) -> tuple[str, ...]:
-        """The forms that can compute this geometry (`scatter` needs a dilated input and unit strides)."""
+        """The forms that can compute this geometry (`scatter` needs a dilated input and unit strides, `patches`
+        windows that tile the input)."""
+        forms = ("xla", "taps", "im2col")
         if self.lhs_dilation != (1, 1) and self.strides == (1, 1):
-            return FORMS
-        return FORMS[:3]
+            forms += ("scatter",)
+        if self.lhs_dilation == (1, 1) and self.strides == self.kernel_shape[:2] and self.padding == ((0, 0), (0, 0)):
+            forms += ("patches",)
+        return forms
 
 
 class Choice(NamedTuple):
@@ -97,6 +106,22 @@ def conv(
     if choice == XLA:
         return _xla(x, kernel, geometry)
     return _conv_in_forms(x, kernel, geometry, choice)
+
+
+def geometry_from_key(key: str, batch: int = 1) -> Geometry:
+    """The Geometry whose `key()` is `key`, at batch size `batch` (the key does not hold it)."""
+    match = _KEY.fullmatch(key)
+    if match is None:
+        raise ValueError(f"not a convolution geometry key: {key!r}")
+    h, w, cin, cout, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr = (int(v) for v in match.groups()[1:])
+    geometry = Geometry((batch, h, w, cin), (kh, kw, cin, cout), (sh, sw), ((pt, pb), (pl, pr)), (dh, dw))
+    if geometry.key() != key:
+        raise ValueError(f"not a convolution geometry key: {key!r}")
+    return geometry
+
+
+_KEY = re.compile(r"(conv|transposed) (\d+)x(\d+) (\d+)->(\d+) k(\d+)x(\d+) s(\d+)x(\d+) d(\d+)x(\d+) "
+                  r"p(-?\d+),(-?\d+);(-?\d+),(-?\d+)")
 
 
 def geometry_of(input_shape, kernel_shape, strides, padding, lhs_dilation=(1, 1)) -> Geometry:
@@ -163,7 +188,7 @@ def table() -> dict:
         return {"entries": {}}
     data = json.loads(TABLE_PATH.read_text())
     for key, entry in data["entries"].items():
-        bad = [f for f in entry["choice"].values() if f not in FORMS]
+        bad = [f for f in entry["choice"].values() if f not in geometry_from_key(key).applicable()]
         if sorted(entry["choice"]) != sorted(DIRECTIONS) or bad:
             raise ValueError(f"{TABLE_PATH}: entry {key!r} has a bad choice {entry['choice']}")
     return data
@@ -310,4 +335,14 @@ def _scatter(x: jax.Array, kernel: jax.Array, g: Geometry) -> jax.Array:
     return out
 
 
-_FORWARD = {"xla": _xla, "taps": _taps, "im2col": _im2col, "scatter": _scatter}
+def _patches(x: jax.Array, kernel: jax.Array, g: Geometry) -> jax.Array:
+    """Strides equal to the kernel, no padding: out[b, i, j] = sum_{p, q} x[b, kh i + p, kw j + q] @ k[p, q], a
+    product of the input's non-overlapping patches (rows and columns past the last whole window are unused)."""
+    kh, kw, cin, _ = kernel.shape
+    batch, h, w, _ = x.shape
+    ho, wo = h // kh, w // kw
+    patches = x[:, : ho * kh, : wo * kw].reshape(batch, ho, kh, wo, kw, cin)
+    return jnp.einsum("bipjqc,pqco->bijo", patches, kernel)
+
+
+_FORWARD = {"xla": _xla, "taps": _taps, "im2col": _im2col, "scatter": _scatter, "patches": _patches}

