@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> dict:
             layer["choice"] = _choice(layer["seconds"], args.margin)
         if args.write_table:
             _write_table(args.write_table, result)
+        if args.update_table:
+            _update_table(args.update_table, result)
         write_result(result, args.output)
         return result
     peak = matmul_peak(quick=args.quick)
