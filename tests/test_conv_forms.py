@@ -149,6 +149,10 @@ def test_a_geometry_key_names_its_geometry_and_a_table_with_an_inapplicable_form
     try:
         with pytest.raises(ValueError, match="has a bad choice"):
             conv_forms.table()
+        bad.write_text(json.dumps({"entries": {"conv 8x8 5->4": {"choice": {}}}}))
+        conv_forms.table.cache_clear()
+        with pytest.raises(ValueError, match="table.json: not a convolution geometry key: 'conv 8x8 5->4'"):
+            conv_forms.table()
     finally:
         monkeypatch.undo()
         conv_forms.table.cache_clear()

@@ -239,7 +239,9 @@ def test_two_sided_log_z_bounds_contain_the_exact_log_likelihood(trained, enumer
         assert summary["log_partition"]["reverse"]["start"] == "forward_ais"
         low, high = summary["nats"]["negative_log_likelihood_bounds_with_spread"]
         point_low, point_high = summary["nats"]["negative_log_likelihood_bounds"]
-        assert low <= point_low <= point_high <= high
+        # Each point estimate lies inside its own spread; the two may cross by Monte Carlo noise (forward AIS is
+        # low and reverse AIS high only in expectation: on this 5 + 5 RBM they once differed by 4e-5 the other way).
+        assert low <= point_low and point_high <= high and low <= high
         return low, high
 
     runs = {k: evaluations(k, min(k, 100)) for k in (1, 100, 1000)}

@@ -188,7 +188,11 @@ def table() -> dict:
         return {"entries": {}}
     data = json.loads(TABLE_PATH.read_text())
     for key, entry in data["entries"].items():
-        bad = [f for f in entry["choice"].values() if f not in geometry_from_key(key).applicable()]
+        try:
+            forms = geometry_from_key(key).applicable()
+        except ValueError as error:
+            raise ValueError(f"{TABLE_PATH}: {error}") from None
+        bad = [f for f in entry["choice"].values() if f not in forms]
         if sorted(entry["choice"]) != sorted(DIRECTIONS) or bad:
             raise ValueError(f"{TABLE_PATH}: entry {key!r} has a bad choice {entry['choice']}")
     return data

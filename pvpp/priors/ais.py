@@ -373,4 +373,7 @@ def _log_mean_interval(log_weights: jax.Array, num_chains: int) -> tuple[jax.Arr
     # log(0) = -inf is the intended lower end when the interval reaches zero; clamp negatives to 0 first.
     lower = shift + jnp.log(jnp.maximum(mean - half_width, 0.0))
     upper = shift + jnp.log(mean + half_width)
-    return lower, upper
+    # The point estimate (log-sum-exp, as the callers compute it) lies inside by construction; with nearly equal
+    # weights the spread is below float32 rounding, and the two paths to log(mean) differ in their last bits.
+    point = jax.nn.logsumexp(log_weights) - math.log(num_chains)
+    return jnp.minimum(lower, point), jnp.maximum(upper, point)
