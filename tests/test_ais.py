@@ -159,5 +159,6 @@ def test_the_spread_interval_holds_the_point_estimate_when_the_weights_are_nearl
         num_chains = int(rng.integers(2, 300))
         log_weights = jnp.asarray(rng.normal() * 50 + rng.normal(size=num_chains) * 1e-7, jnp.float32)
         point = jax.nn.logsumexp(log_weights) - math.log(num_chains)
-        lower, upper = ais._log_mean_interval(log_weights, num_chains)
+        estimate, lower, upper = ais._log_mean_interval(log_weights, num_chains)
+        assert estimate == point
         assert lower <= point <= upper, (num_chains, float(lower), float(point), float(upper))

@@ -270,8 +270,7 @@ def _ais_jit_impl(
     z_left, z_right, log_weights = z_left[:num_chains], z_right[:num_chains], log_weights[:num_chains]
 
     log_base_partition = jnp.sum(jax.nn.softplus(base_left_bias)) + num_right * math.log(2.0)
-    log_mean_weight = jax.nn.logsumexp(log_weights) - math.log(num_chains)
-    lower, upper = _log_mean_interval(log_weights, num_chains)
+    log_mean_weight, lower, upper = _log_mean_interval(log_weights, num_chains)
     effective_sample_size = jnp.exp(2.0 * jax.nn.logsumexp(log_weights) - jax.nn.logsumexp(2.0 * log_weights))
     return AISResult(
         log_partition=log_base_partition + log_mean_weight,
@@ -362,10 +361,12 @@ def _kahan_add(total: jax.Array, compensation: jax.Array, value: jax.Array) -> t
     return new_total, compensation
 
 
-def _log_mean_interval(log_weights: jax.Array, num_chains: int) -> tuple[jax.Array, jax.Array]:
-    """log(mean(w) -/+ 3 std(w) / sqrt(M)) for w = exp(log_weights), evaluated with a max shift."""
+def _log_mean_interval(log_weights: jax.Array, num_chains: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(log mean(w), log(mean(w) -/+ 3 std(w) / sqrt(M))) for w = exp(log_weights): the point estimate by
+    log-sum-exp, the interval's ends with a max shift."""
+    point = jax.nn.logsumexp(log_weights) - math.log(num_chains)
     if num_chains == 1:  # no spread estimate from one run
-        return jnp.asarray(-jnp.inf, log_weights.dtype), jnp.asarray(jnp.inf, log_weights.dtype)
+        return point, jnp.asarray(-jnp.inf, log_weights.dtype), jnp.asarray(jnp.inf, log_weights.dtype)
     shift = jnp.max(log_weights)
     weights = jnp.exp(log_weights - shift)  # in (0, 1], the largest is exactly 1
     mean = jnp.mean(weights)
@@ -373,7 +374,6 @@ def _log_mean_interval(log_weights: jax.Array, num_chains: int) -> tuple[jax.Arr
     # log(0) = -inf is the intended lower end when the interval reaches zero; clamp negatives to 0 first.
     lower = shift + jnp.log(jnp.maximum(mean - half_width, 0.0))
     upper = shift + jnp.log(mean + half_width)
-    # The point estimate (log-sum-exp, as the callers compute it) lies inside by construction; with nearly equal
-    # weights the spread is below float32 rounding, and the two paths to log(mean) differ in their last bits.
-    point = jax.nn.logsumexp(log_weights) - math.log(num_chains)
-    return jnp.minimum(lower, point), jnp.maximum(upper, point)
+    # The point estimate lies inside by construction; with nearly equal weights the spread is below float32
+    # rounding, and the two paths to log(mean) differ in their last bits.
+    return point, jnp.minimum(lower, point), jnp.maximum(upper, point)

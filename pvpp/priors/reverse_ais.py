@@ -192,8 +192,7 @@ def _reverse_jit(params, key, start_left, betas, sweeps_per_beta) -> ReverseAISR
     zeros = jnp.zeros((num_chains,), dtype)
     (_, log_weights, _), _ = lax.scan(anneal_step, (start_left, zeros, zeros), (steps, descending[:-1], descending[1:]))
     log_base_partition = num_right * math.log(2.0) + params.weights.shape[0] * math.log(2.0)
-    log_mean_weight = jax.nn.logsumexp(log_weights) - math.log(num_chains)
-    weight_lower, weight_upper = _ais._log_mean_interval(log_weights, num_chains)
+    log_mean_weight, weight_lower, weight_upper = _ais._log_mean_interval(log_weights, num_chains)
     return ReverseAISResult(
         log_partition=log_base_partition - log_mean_weight,
         log_partition_lower=log_base_partition - weight_upper,
