@@ -15,14 +15,42 @@ RESIDUAL_INIT_SCALE = 0.1
 _COND_KERNEL_INIT = nn.initializers.normal(stddev=0.05)
 
 
+@jax.custom_vjp
 def concat_elu(x: jax.Array) -> jax.Array:
     """[..., C] -> [..., 2C]: elu of x and of -x, concatenated on the channel axis.
 
-    Written as a stack on a new axis [..., 2, C] and a reshape, which lays out the same values as the
-    concatenation: XLA's CPU backend fuses it into one element-wise loop, where a concatenate on the minor axis is
-    a slow copy of its own (2.3x the time of this form for a [16, 32, 32, 128] input, forward; equal values).
+    Of x and -x one is positive (kept) and the other is not (its elu is expm1(-|x|)), so one exponential per
+    input value suffices. The two halves are stacked on a new axis [..., 2, C] and reshaped, the same layout as
+    the concatenation, which XLA's CPU backend fuses into one element-wise loop (a concatenate on the minor axis
+    is a slow copy of its own). The gradient (a `custom_vjp`) keeps only x and recomputes the exponential: a
+    single loop over dy, where autodiff of the forward kept the [..., 2C] intermediates and read them in several
+    passes. Values and gradients equal those of `elu(concatenate([x, -x], -1))` bit for bit (tested), and a
+    block's forward + backward is 1.1-1.3x faster (`pvpp/bench/README.md`).
     """
-    return jax.nn.elu(jnp.stack([x, -x], axis=-2)).reshape(*x.shape[:-1], 2 * x.shape[-1])
+    return _concat_elu_values(x)
+
+
+def _concat_elu_values(x: jax.Array) -> jax.Array:
+    positive = x > 0
+    negative_part = jnp.expm1(-jnp.abs(x))  # elu of whichever of x, -x is not positive
+    halves = jnp.stack([jnp.where(positive, x, negative_part), jnp.where(positive, negative_part, -x)], axis=-2)
+    return halves.reshape(*x.shape[:-1], 2 * x.shape[-1])
+
+
+def _concat_elu_forward(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return _concat_elu_values(x), x
+
+
+def _concat_elu_backward(x: jax.Array, dy: jax.Array) -> tuple[jax.Array]:
+    """dy [..., 2C] -> dx [..., C] = dy[..., :C] elu'(x) - dy[..., C:] elu'(-x), where elu'(z) is 1 for z > 0 and
+    otherwise exp(z), written expm1(z) + 1 as JAX's own derivative of expm1 writes it."""
+    halves = dy.reshape(*x.shape[:-1], 2, x.shape[-1])
+    dy_x, dy_minus_x = halves[..., 0, :], halves[..., 1, :]
+    slope = jnp.expm1(-jnp.abs(x)) + 1  # elu' of whichever of x, -x is not positive
+    return (jnp.where(x > 0, dy_x - dy_minus_x * slope, dy_x * slope - dy_minus_x),)
+
+
+concat_elu.defvjp(_concat_elu_forward, _concat_elu_backward)
 
 
 class GatedResNet(nn.Module):
