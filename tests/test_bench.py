@@ -10,6 +10,8 @@ import math
 import jax
 
 from pvpp.bench import suite
+from pvpp.bench import train as train_bench
+from pvpp.model.pixelcnn import PixelCNNPP
 from pvpp.nn import conv_forms
 
 MEASURED = {"wall_seconds", "cpu_seconds", "load_1min_before", "load_1min_after", "busy"}
@@ -82,6 +84,8 @@ def test_the_quick_suite_gives_every_benchmark_its_machine_peak_and_measured_rec
             _check_record(run["measurement"])
             assert run["gflops"] > 0 and run["fraction_of_peak"] > 0
             assert run["step_seconds_xla"] > 0 and run["speedup_over_xla"] > 0 and run["conv_forms"]
+            assert run["step_seconds_before"] > 0 and run["speedup_over_before"] > 0
+            assert set(run["block_seconds"]) == set(train_bench.VARIANTS)
 
     smoke = doc["smoke"]
     assert smoke["config"] == "mnist_tiny"
@@ -89,6 +93,23 @@ def test_the_quick_suite_gives_every_benchmark_its_machine_peak_and_measured_rec
     assert math.isfinite(smoke["evaluate"]["mean_log_likelihood_nats"])
     for part in ("train", "evaluate", "sample"):
         _check_record(smoke[part]["measurement"])
+
+
+def test_the_before_baseline_traces_concat_elu_as_its_definition_and_restores_the_rewrite_after():
+    model = PixelCNNPP(nr_resnet=1, nr_filters=4, out_channels=2, dropout_rate=0.0)
+    x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1), minval=-1, maxval=1)
+    params = model.init(jax.random.key(1), x)
+
+    def traced_forward() -> str:  # the forward trace names the custom_vjp; the gradient's inlines it
+        return str(jax.make_jaxpr(lambda p: model.apply(p, x).sum())(params))
+
+    with train_bench.concat_elu_by_autodiff(True):
+        before = traced_forward()
+    with train_bench.concat_elu_by_autodiff(False):
+        unchanged = traced_forward()
+    after = traced_forward()
+    assert "name=concat_elu" not in before and "concatenate" in before
+    assert "name=concat_elu" in unchanged and "name=concat_elu" in after
 
 
 def _check_machine(machine: dict) -> None:

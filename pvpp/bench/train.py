@@ -9,12 +9,14 @@ global batch of the flag file is split over the devices. Data are random binary 
 data pipeline is not timed). Each device count runs in its own subprocess, because the number of CPU devices
 is fixed when jax starts (`jax_num_cpu_devices`). Per configuration: compile time (lowering + compilation of
 the step, ahead of time), one step, then `--steps` steps timed the way the training loop runs them (step N + 1
-dispatched before step N's metrics are read). The step is compiled three times (`VARIANTS`): as a run would
+dispatched before step N's metrics are read). The step is compiled four times (`VARIANTS`): as a run would
 train it (the convolution forms of `pvpp.nn.conv_forms`' shipped table, the micro-batches of
-`TrainConfig.micro_batches_in_use`), with the table's forms and one micro-batch, and with XLA's convolution
-everywhere and one micro-batch (the step before either existed); `--rounds` blocks of `--steps` steps of each are
-timed interleaved: `speedup_over_xla` is the ratio of the first's and the last's median step times,
-`speedup_of_forms` that of the second and the last.
+`TrainConfig.micro_batches_in_use`), with the table's forms and one micro-batch, with XLA's convolution everywhere
+and one micro-batch, and as the step was before the forms, the micro-batches and the rewritten `concat_elu` (XLA's
+convolution, one micro-batch, `concat_elu` differentiated by JAX from its definition); `--rounds` blocks of
+`--steps` steps of each are timed interleaved. Ratios of median step times: `speedup_over_before` (as trained
+against before), `speedup_over_xla` (as trained against XLA's convolution, the model otherwise as today) and
+`speedup_of_forms` (the table with one micro-batch against XLA's convolution).
 
 Each worker measures, in its own process: the matmul peak (`pvpp.bench.peak`), and per configuration the
 `measured` record of the timed steps (wall and process CPU seconds, 1-minute load before and after), the step's
@@ -25,14 +27,21 @@ that peak. `--quick`: the `mnist_tiny` configuration (mnist_cpu.flags shrunk), 1
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
 
-#: The steps compared, interleaved: name -> (policy of `pvpp.nn.conv_forms`, micro-batches; None: the run's).
-VARIANTS = {"chosen": ("table", None), "table_one_micro_batch": ("table", 1), "xla": ("xla", 1)}
+#: The steps compared, interleaved: name -> (policy of `pvpp.nn.conv_forms`, micro-batches (None: the run's),
+#: `concat_elu` differentiated by JAX from its definition instead of its own gradient).
+VARIANTS = {
+    "chosen": ("table", None, False),
+    "table_one_micro_batch": ("table", 1, False),
+    "xla": ("xla", 1, False),
+    "before": ("xla", 1, True),
+}
 #: name -> (entry-point module, flag file relative to the repository root, flags added after the file).
 CONFIGS = {
     "caltech101_cpu": ("pvpp.experiments.caltech101", "experiments/caltech101_cpu.flags", ()),
@@ -190,8 +199,8 @@ def _worker(num_devices: int, names: list[str], steps: int, rounds: int, quick: 
         # The step of each variant, each with its own copy of one initial state (the step donates its state).
         steps_of, states, compile_seconds, choices = {}, {}, {}, {}
         micro_batches = train_config.micro_batches_in_use(model_config.nr_filters, num_devices, devices[0].platform)
-        for variant, (policy, variant_micro_batches) in VARIANTS.items():
-            with conv_forms.policy(policy):
+        for variant, (policy, variant_micro_batches, by_autodiff) in VARIANTS.items():
+            with conv_forms.policy(policy), concat_elu_by_autodiff(by_autodiff):
                 variant_config = train_config.replace(micro_batches=variant_micro_batches or micro_batches)
                 fns = train.step_functions(model_config, variant_config, devices)
                 if variant == "chosen":
@@ -252,7 +261,9 @@ def _worker(num_devices: int, names: list[str], steps: int, rounds: int, quick: 
             "step_seconds": seconds / steps,
             "step_seconds_xla": step_seconds["xla"],
             "step_seconds_table_one_micro_batch": step_seconds["table_one_micro_batch"],
+            "step_seconds_before": step_seconds["before"],
             "block_seconds": block_seconds,
+            "speedup_over_before": step_seconds["before"] / step_seconds["chosen"],
             "speedup_over_xla": step_seconds["xla"] / step_seconds["chosen"],
             "speedup_of_forms": step_seconds["xla"] / step_seconds["table_one_micro_batch"],
             "compile_seconds_xla": compile_seconds["xla"],
@@ -271,11 +282,30 @@ def _worker(num_devices: int, names: list[str], steps: int, rounds: int, quick: 
             f"({run['step_seconds']:.3f} s/step, batch {batch}, {micro_batches} micro-batch(es); {gflops}), "
             f"{run['speedup_over_xla']:.2f}x the step with XLA's convolution everywhere and one micro-batch "
             f"({run['step_seconds_xla']:.3f} s/step, interleaved; the forms alone {run['speedup_of_forms']:.2f}x), "
-            f"compile {compile_seconds['chosen']:.1f} s, "
+            f"{run['speedup_over_before']:.2f}x the step before the forms, micro-batches and concat_elu's gradient "
+            f"({run['step_seconds_before']:.3f} s/step), compile {compile_seconds['chosen']:.1f} s, "
             f"init {init_seconds:.1f} s"
         )
         runs.append(run)
     return {"num_devices": num_devices, "machine": machine_info(), "peak": peak, "runs": runs}
+
+
+@contextlib.contextmanager
+def concat_elu_by_autodiff(enabled: bool):
+    """Within the block (where `enabled`), models traced use `concat_elu` as JAX differentiates its definition
+    (`pvpp.nn.resnet.concat_elu_by_autodiff`): the model before the rewrite, for the 'before' baseline. The model
+    looks the function up on `pvpp.nn.resnet` when it is traced, so swapping that attribute swaps every use."""
+    from pvpp.nn import resnet
+
+    if not enabled:
+        yield
+        return
+    rewritten = resnet.concat_elu
+    resnet.concat_elu = resnet.concat_elu_by_autodiff
+    try:
+        yield
+    finally:
+        resnet.concat_elu = rewritten
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from pvpp.nn.resnet import GatedResNet, concat_elu
+from pvpp.nn import resnet
+from pvpp.nn.resnet import GatedResNet
 from pvpp.nn.shifted import (
     DownRightShiftedConv,
     DownRightShiftedConvTranspose,
@@ -195,8 +196,8 @@ class PixelCNNPP(nn.Module):
         # The deepest skip seeds the up path.
         u, ul, seed_extra = u_list.pop(), ul_list.pop(), extras[-1]
         if seed_extra is not None:
-            u = u + self.seed_extra_u(concat_elu(seed_extra))
-            ul = ul + self.seed_extra_ul(concat_elu(seed_extra))
+            u = u + self.seed_extra_u(resnet.concat_elu(seed_extra))
+            ul = ul + self.seed_extra_ul(resnet.concat_elu(seed_extra))
         i = 0
         for stage in range(NUM_STAGES):
             if stage > 0:

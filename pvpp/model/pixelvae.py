@@ -31,7 +31,7 @@ from flax import linen as nn
 from pvpp import relax, settings
 from pvpp.model.likelihoods import LIKELIHOODS, make_likelihood
 from pvpp.model.pixelcnn import NUM_STAGES, DownPath, PixelCNNPP
-from pvpp.nn.resnet import concat_elu
+from pvpp.nn import resnet
 from pvpp.nn.weightnorm import WNConv, WNConvTranspose, WNDense
 from pvpp.priors import PRIORS, Prior, make_prior, prior_type
 from pvpp.priors.rbm_prior import rbm_params
@@ -323,7 +323,7 @@ class SkipEncoder(nn.Module):
             reduce = WNConv(1, (factor, factor), (factor, factor), "VALID")
         else:
             reduce = WNConv(1, (3, 3), padding="SAME")
-        h = reduce(concat_elu(features))
+        h = reduce(resnet.concat_elu(features))
         return WNDense(self.num_outputs)(jax.nn.elu(h).reshape(h.shape[0], -1))
 
 

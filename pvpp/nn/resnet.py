@@ -25,7 +25,7 @@ def concat_elu(x: jax.Array) -> jax.Array:
     is a slow copy of its own). The gradient (a `custom_vjp`) keeps only x and recomputes the exponential: a
     single loop over dy, where autodiff of the forward kept the [..., 2C] intermediates and read them in several
     passes. Values and gradients equal those of `elu(concatenate([x, -x], -1))` bit for bit (tested), and a
-    block's forward + backward is 1.1-1.3x faster (`pvpp/bench/README.md`).
+    paper CIFAR-10 train step 1.3x faster (`pvpp/bench/README.md`).
     """
     return _concat_elu_values(x)
 
@@ -51,6 +51,12 @@ def _concat_elu_backward(x: jax.Array, dy: jax.Array) -> tuple[jax.Array]:
 
 
 concat_elu.defvjp(_concat_elu_forward, _concat_elu_backward)
+
+
+def concat_elu_by_autodiff(x: jax.Array) -> jax.Array:
+    """The definition of `concat_elu`, elu(concatenate([x, -x], -1)), differentiated by JAX: what it equals (tested),
+    and the model's form before the rewrite, which `pvpp.bench.train` times in its 'before' baseline."""
+    return jax.nn.elu(jnp.concatenate([x, -x], axis=-1))
 
 
 class GatedResNet(nn.Module):
