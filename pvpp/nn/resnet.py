@@ -24,8 +24,10 @@ def concat_elu(x: jax.Array) -> jax.Array:
     the concatenation, which XLA's CPU backend fuses into one element-wise loop (a concatenate on the minor axis
     is a slow copy of its own). The gradient (a `custom_vjp`) keeps only x and recomputes the exponential: a
     single loop over dy, where autodiff of the forward kept the [..., 2C] intermediates and read them in several
-    passes. Values and gradients equal those of `elu(concatenate([x, -x], -1))` bit for bit (tested), and a
-    paper CIFAR-10 train step 1.3x faster (`pvpp/bench/README.md`).
+    passes; the paper CIFAR-10 train step is 1.3x faster with it (`pvpp/bench/README.md`). Values and gradients
+    equal those of `concat_elu_by_autodiff` bit for bit op by op, and to float32 rounding compiled (XLA may fuse
+    expm1(z) + 1 differently; tested). As a `custom_vjp` it has no forward-mode derivative (`jax.jvp`), like the
+    convolution forms of `pvpp.nn.conv_forms`.
     """
     return _concat_elu_values(x)
 
