@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+# concat_elu is looked up on the module when traced, so pvpp.bench.train's 'before' baseline swaps every use.
 from pvpp.nn import resnet
 from pvpp.nn.resnet import GatedResNet
 from pvpp.nn.shifted import (

@@ -31,6 +31,7 @@ from flax import linen as nn
 from pvpp import relax, settings
 from pvpp.model.likelihoods import LIKELIHOODS, make_likelihood
 from pvpp.model.pixelcnn import NUM_STAGES, DownPath, PixelCNNPP
+# concat_elu is looked up on the module when traced, so pvpp.bench.train's 'before' baseline swaps every use.
 from pvpp.nn import resnet
 from pvpp.nn.weightnorm import WNConv, WNConvTranspose, WNDense
 from pvpp.priors import PRIORS, Prior, make_prior, prior_type
